@@ -1,0 +1,63 @@
+"""measure_latency: warm up, time each call, report percentiles (never a bare mean)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from runtime.errors import ConfigError
+from runtime.session import Session
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    backend: str
+    batch: int
+    seq_len: int
+    iters: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput: float  # sequences per second at the median latency
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def token_feed(session: Session, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A full-length (unpadded) token feed of in-vocabulary ids for the session's inputs."""
+    rng = np.random.default_rng(seed)
+    vocab = int(session.artifact.meta.get("vocab_size", 30000))
+    ids = rng.integers(min(1000, vocab // 2), vocab, size=(batch, seq_len), dtype=np.int64)
+    full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {s.name: full[s.name] for s in session.inputs}
+
+
+def measure_latency(session: Session, feed: dict[str, np.ndarray], warmup: int = 5, iters: int = 30,
+                    sync: Callable[[], None] | None = None) -> LatencyResult:
+    """Time `iters` calls after `warmup` calls; `sync` (e.g. torch.cuda.synchronize) runs before each clock read."""
+    if warmup < 0 or iters < 1:
+        raise ConfigError(f"warmup must be >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+    for _ in range(warmup):  # first runs pay for lazy kernel selection and memory arenas
+        session.run(feed)
+    times = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        session.run(feed)
+        if sync:
+            sync()
+        times[i] = time.perf_counter() - t0
+    ms = times * 1000
+    first = next(iter(feed.values()))
+    batch, seq = int(first.shape[0]), int(first.shape[1]) if first.ndim > 1 else 1
+    p50 = float(np.percentile(ms, 50))
+    return LatencyResult(
+        backend=session.describe(), batch=batch, seq_len=seq, iters=iters, p50_ms=round(p50, 3),
+        p90_ms=round(float(np.percentile(ms, 90)), 3), p99_ms=round(float(np.percentile(ms, 99)), 3),
+        mean_ms=round(float(ms.mean()), 3), min_ms=round(float(ms.min()), 3),
+        throughput=round(batch / (p50 / 1000), 2))

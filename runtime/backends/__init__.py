@@ -1,0 +1,1 @@
+"""Session backends; each imports its library only when a session is opened."""

@@ -1,0 +1,80 @@
+"""PyTorch backend: the reference every export is checked against, and a GPU path without onnxruntime-gpu."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.artifact import Artifact
+from runtime.errors import BackendError, ConfigError
+from runtime.session import Session
+from runtime.tasks import task_info
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def import_torch() -> Any:
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError:
+        raise BackendError("the torch backend needs torch and transformers; "
+                           "pip install 'modelkiln[export]', or use --backend onnxruntime") from None
+    return torch
+
+
+def model_dir_for(artifact: Artifact) -> Path:
+    """hf artifacts are the model directory; onnx artifacts point back to the checkpoint they came from."""
+    if artifact.format in ("hf", "torch"):
+        return artifact.path
+    src = artifact.source_path()
+    while src is not None and (src / "manifest.json").is_file():
+        parent = Artifact.load(src)
+        if parent.format in ("hf", "torch"):
+            return parent.path
+        src = parent.source_path()
+    if src is None or not (src / "config.json").is_file():
+        raise BackendError(
+            f"the torch backend needs the checkpoint {artifact.path} was made from, "
+            f"but its lineage points to {str(src)!r}, which is not there")
+    return src
+
+
+class TorchSession(Session):
+    """Options: dtype (float32|float16|bfloat16), threads, model (an already-loaded nn.Module to wrap)."""
+
+    backend = "torch"
+
+    def _open(self) -> None:
+        torch = import_torch()
+        import transformers
+
+        dtype = self.options.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise ConfigError(f"unknown torch dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BackendError("cuda requested but torch.cuda.is_available() is False "
+                               f"(torch {torch.__version__}); use --device cpu")
+        if self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))
+        self._torch = torch
+        self._model = self.options.get("model")
+        if self._model is None:
+            transformers.utils.logging.disable_progress_bar()
+            auto = getattr(transformers, task_info(self.artifact.task).auto_class)
+            self._model = auto.from_pretrained(str(model_dir_for(self.artifact))).eval()
+        self._model.to(device=self.device, dtype=getattr(torch, dtype))
+
+    def _close(self) -> None:
+        self._model = None
+        if self.device == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
+            out = self._model(**tensors)
+        return {o.name: out[o.name].float().cpu().numpy() for o in self.outputs}

@@ -1,0 +1,169 @@
+"""Text pipelines: tokenize with the artifact's tokenizer, batch by sorted length, run, post-process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from runtime.artifact import Artifact
+from runtime.errors import ArtifactError, BackendError, ConfigError, InputError, TaskError
+from runtime.session import Session, open_session
+
+PAD_MULTIPLE = 8  # pad each batch up to a multiple of 8 tokens: few distinct shapes, little padding
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": self.score, "scores": self.scores}
+
+
+def load_tokenizer(artifact: Artifact) -> Any:
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise BackendError("the text pipelines need the tokenizers library; pip install modelkiln") from None
+    path = artifact.path / artifact.meta.get("tokenizer", "tokenizer.json")
+    if not path.is_file():
+        raise ArtifactError(f"artifact {artifact.path} has no tokenizer ({path.name}); re-export it with `kiln export`")
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()  # padding is done per batch below, to the batch's own length
+    tok.enable_truncation(int(artifact.meta.get("max_length", 512)))
+    return tok
+
+
+class Pipeline:
+    """Tokenizer + Session + post-processing. Opens its session on construction (or takes an open one)."""
+
+    tasks: tuple[str, ...] = ()
+
+    def __init__(self, artifact: Artifact | str | Path, backend: str = "auto", device: str = "cpu",
+                 batch_size: int = 32, session: Session | None = None, **options: Any) -> None:
+        self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+        if self.artifact.task not in self.tasks:
+            raise TaskError(
+                f"{type(self).__name__} needs an artifact of task {' or '.join(self.tasks)}; "
+                f"{self.artifact.path} is {self.artifact.task!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.tokenizer = load_tokenizer(self.artifact)
+        self.session = session or open_session(self.artifact, backend=backend, device=device, **options).open()
+        self._input_names = {s.name for s in self.session.inputs}
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def encode(self, texts: Sequence[str]) -> list[Any]:
+        if isinstance(texts, str):
+            raise InputError("texts must be a list of strings, got a single string; wrap it in a list")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"texts[{i}] is {type(t).__name__}; every input must be a string")
+        return self.tokenizer.encode_batch(list(texts))
+
+    def feed_for(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Pad a group of encodings to a common bucketed length and build the model feed."""
+        longest = max(len(e.ids) for e in encodings)
+        length = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+        length = min(length, int(self.artifact.meta.get("max_length", length)))
+        length = max(length, longest)
+        n = len(encodings)
+        ids = np.full((n, length), int(self.artifact.meta.get("pad_token_id", 0)), dtype=np.int64)
+        mask = np.zeros((n, length), dtype=np.int64)
+        types = np.zeros((n, length), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            k = len(e.ids)
+            ids[row, :k] = e.ids
+            mask[row, :k] = 1
+            types[row, :k] = e.type_ids
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: v for k, v in feed.items() if k in self._input_names}
+
+    def batches(self, encodings: Sequence[Any]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """Yield (original indices, feed), longest-first groups of similar length."""
+        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield idx, self.feed_for([encodings[i] for i in idx])
+
+    def run_rows(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Run every text; return per text (its output row, its attention mask row)."""
+        encodings = self.encode(texts)
+        rows: list[Any] = [None] * len(encodings)
+        output = self.session.outputs[0].name
+        for idx, feed in self.batches(encodings):
+            out = self.session.run(feed)[output]
+            for j, i in enumerate(idx):
+                rows[i] = (out[j], feed["attention_mask"][j])
+        return rows
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class TextClassifier(Pipeline):
+    """texts -> Prediction(label, score, scores) per text."""
+
+    tasks = ("text-classification",)
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        labels = self.artifact.labels
+        out = []
+        for logits, _ in self.run_rows(texts):
+            probs = softmax(logits.astype(np.float64))
+            best = int(probs.argmax())
+            names = [labels.get(i, str(i)) for i in range(len(probs))]
+            out.append(Prediction(names[best], float(probs[best]), dict(zip(names, map(float, probs)))))
+        return out
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([row for row, _ in self.run_rows(texts)])
+
+
+class Embedder(Pipeline):
+    """texts -> pooled sentence embeddings (mean over real tokens; L2-normalized if the model says so)."""
+
+    tasks = ("feature-extraction",)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        pooled = []
+        cls_pooling = self.artifact.meta.get("pooling", "mean") == "cls"
+        for hidden, mask in self.run_rows(texts):
+            if cls_pooling:
+                vec = hidden[0]
+            else:
+                m = mask[:, None].astype(hidden.dtype)
+                vec = (hidden * m).sum(axis=0) / max(m.sum(), 1.0)
+            pooled.append(vec)
+        emb = np.stack(pooled).astype(np.float32)
+        if self.artifact.meta.get("normalize", False):
+            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return emb
+
+
+PIPELINES: dict[str, type[Pipeline]] = {"text-classification": TextClassifier, "feature-extraction": Embedder}
+
+
+def pipeline_for(artifact: Artifact | str | Path, **kwargs: Any) -> Pipeline:
+    """The pipeline that fits the artifact's task."""
+    art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    if art.task not in PIPELINES:
+        raise TaskError(f"no text pipeline for task {art.task!r} ({art.path}); "
+                        f"pipelines exist for {', '.join(PIPELINES)}")
+    return PIPELINES[art.task](art, **kwargs)

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from runtime import BackendError, ConfigError, InputError, TaskError, open_session
+from runtime.pipeline import Embedder, TextClassifier
+
+
+def feed(batch=2, seq=5, dtype=np.int64):
+    ids = np.full((batch, seq), 7, dtype=dtype)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def test_run_returns_named_outputs(tiny_onnx):
+    with open_session(tiny_onnx) as s:
+        out = s.run(feed())
+    assert set(out) == {"logits"} and out["logits"].shape == (2, 2) and out["logits"].dtype == np.float32
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda f: f.pop("attention_mask"), r"missing input\(s\) \['attention_mask'\]"),
+    (lambda f: f.update(input_idz=f.pop("input_ids")), r"unknown input\(s\) \['input_idz'\].*missing input\(s\) \['input_ids'\]"),
+    (lambda f: f.update(input_ids=f["input_ids"].astype(np.int32)), "input 'input_ids': got dtype int32, expected int64"),
+    (lambda f: f.update(input_ids=f["input_ids"][0]), r"input 'input_ids': got shape \(5,\) \(rank 1\), expected rank 2"),
+    (lambda f: f.update(attention_mask=np.ones((3, 5), np.int64)), "got batch=3 but input 'input_ids' has batch=2"),
+    (lambda f: f.update(input_ids=f["input_ids"].tolist()), "got list, expected a numpy array of int64"),
+])
+def test_bad_feed_says_received_vs_expected(tiny_onnx, mutate, match):
+    f = feed()
+    mutate(f)
+    with open_session(tiny_onnx) as s:
+        with pytest.raises(InputError, match=match):
+            s.run(f)
+
+
+def test_run_before_open_is_an_error(tiny_onnx):
+    s = open_session(tiny_onnx)
+    with pytest.raises(BackendError, match="not open"):
+        s.run(feed())
+
+
+def test_unknown_backend_and_device(tiny_onnx):
+    with pytest.raises(ConfigError, match="unknown backend 'tvm'; valid: auto, onnxruntime, torch"):
+        open_session(tiny_onnx, backend="tvm")
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        open_session(tiny_onnx, device="tpu")
+
+
+def test_cuda_request_never_falls_back_silently(tiny_onnx):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(BackendError, match="cuda requested but this onnxruntime has only"):
+        open_session(tiny_onnx, device="cuda").open()
+
+
+def test_torch_backend_opens_the_source_of_an_onnx_artifact(tiny_onnx):
+    f = feed(3, 9)
+    with open_session(tiny_onnx, backend="torch") as ref, open_session(tiny_onnx) as ort:
+        np.testing.assert_allclose(ref.run(f)["logits"], ort.run(f)["logits"], atol=1e-5)
+
+
+def test_classifier_matches_unbatched_rows(tiny_onnx):
+    texts = ["the movie was good", "bad", "a very very long and boring film , but fun", "great acting !"]
+    with TextClassifier(tiny_onnx, batch_size=2) as clf:
+        batched = clf.logits(texts)
+        single = np.stack([clf.logits([t])[0] for t in texts])
+        preds = clf.predict(texts)
+    np.testing.assert_allclose(batched, single, atol=1e-5)  # padding and sorting do not change answers
+    assert [p.label for p in preds] == [("negative", "positive")[int(np.argmax(r))] for r in single]
+    assert all(abs(sum(p.scores.values()) - 1) < 1e-6 for p in preds)
+
+
+def test_pipeline_rejects_wrong_task_and_bad_texts(tiny_onnx):
+    with pytest.raises(TaskError, match="Embedder needs an artifact of task feature-extraction"):
+        Embedder(tiny_onnx)
+    with TextClassifier(tiny_onnx) as clf:
+        with pytest.raises(InputError, match="single string"):
+            clf.predict("just one string")
+        with pytest.raises(InputError, match=r"texts\[1\] is int"):
+            clf.predict(["ok", 3])
