@@ -62,14 +62,15 @@ def main() -> None:
 
 @main.command()
 @click.argument("source")
-@click.option("--task", required=True, help="text-classification, token-classification or feature-extraction.")
+@click.option("--task", help="text-classification, token-classification or feature-extraction "
+              "(default: the task in SOURCE's Kiln manifest).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Artifact directory to write.")
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (14..20).")
 @click.option("--optimize", is_flag=True, help="Fuse Attention/LayerNorm/Gelu with onnxruntime's optimizer.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled .bin/.pt weights (they can run code).")
 @force_option
 @json_option
-def export(source: str, task: str, out: Path, opset: int, optimize: bool, trust_pickle: bool, force: bool,
+def export(source: str, task: str | None, out: Path, opset: int, optimize: bool, trust_pickle: bool, force: bool,
            as_json: bool) -> None:
     """Export SOURCE (a model directory, weights file, or `minilm`) to a validated ONNX artifact."""
     from exporter.load import load_checkpoint
@@ -220,6 +221,217 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
     env = report["environment"]
     emit(report, as_json, lambda: table(rows, cols, markdown) +
          f"\n\n{env['cpu']} ({env['cpu_count']} cores, {' '.join(env['cpu_flags'])}); throughput in sequences/s")
+
+
+data_options = [
+    click.option("--text-column", default="text", show_default=True),
+    click.option("--label-column", default="label", show_default=True),
+]
+
+
+def with_options(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
+@main.command()
+@click.argument("source")
+@click.option("--data", required=True, help="Training data: CSV/TSV/JSONL, or movie-snippets:train.")
+@click.option("--eval", "eval_data", help="Evaluation data for model selection and early stopping.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--max-steps", type=int, help="Stop after this many steps (overrides --epochs).")
+@click.option("--lr", default=1e-4, show_default=True, type=float)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--max-length", default=64, show_default=True, type=int)
+@click.option("--warmup-ratio", default=0.06, show_default=True, type=float)
+@click.option("--patience", default=2, show_default=True, type=int, help="Evaluations without improvement before stopping.")
+@click.option("--eval-every", type=int, help="Steps between evaluations (default: each epoch).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--lora", is_flag=True, help="Train LoRA adapters (merged into the weights on save).")
+@click.option("--lora-r", default=8, show_default=True, type=int)
+@with_options(data_options)
+@force_option
+@json_option
+def finetune(source: str, data: str, eval_data: str | None, out: Path, epochs: int, max_steps: int | None, lr: float,
+             batch_size: int, max_length: int, warmup_ratio: float, patience: int, eval_every: int | None, seed: int,
+             lora: bool, lora_r: int, text_column: str, label_column: str, force: bool, as_json: bool) -> None:
+    """Fine-tune SOURCE (`minilm` or an HF checkpoint) as a text classifier."""
+    from calibration.datasets import load_labelled
+    from exporter.finetune import FinetuneConfig
+    from exporter.finetune import finetune as run_finetune
+    from exporter.load import load_checkpoint
+    from exporter.stage import check_output
+
+    config = FinetuneConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
+                            warmup_ratio=warmup_ratio, patience=patience, eval_every=eval_every, seed=seed,
+                            lora=lora, lora_r=lora_r)
+    check_output(out.absolute(), force)
+    train = load_labelled(data, text_column, label_column)
+    dev = load_labelled(eval_data, text_column, label_column, train.label_names) if eval_data else None
+    art = run_finetune(load_checkpoint(source, "text-classification"), train, dev, config, out, force=force,
+                       progress=progress)
+    step = art.lineage[-1]
+    emit(art.to_manifest() | {"path": str(art.path)}, as_json, lambda: describe(art) +
+         f"\nbest eval accuracy {step.metrics['eval'].get('accuracy', float('nan')):.4f}, "
+         f"macro-F1 {step.metrics['eval'].get('macro_f1', float('nan')):.4f} after {step.metrics['steps']} steps")
+
+
+@main.command()
+@click.argument("artifact")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@click.option("--heads", default=0.0, show_default=True, type=float, help="Structured: fraction of attention heads to remove.")
+@click.option("--ffn", default=0.0, show_default=True, type=float, help="Structured: fraction of FFN neurons to remove.")
+@click.option("--sparsity", type=float, help="Unstructured magnitude pruning: fraction of encoder weights to zero.")
+@click.option("--pattern", type=click.Choice(["2:4"]), help="Semi-structured 2:4 sparsity (2 of every 4 weights zero).")
+@click.option("--scope", default="global", show_default=True, help="Unstructured threshold: global or layer.")
+@click.option("--data", help="Training data (structured: importance scores and recovery).")
+@click.option("--eval", "eval_data", help="Evaluation data: accuracy before/after, best recovery checkpoint.")
+@click.option("--samples", default=512, show_default=True, type=int, help="Examples used to score importance.")
+@click.option("--recover-steps", default=0, show_default=True, type=int, help="Fine-tuning steps after removal.")
+@click.option("--recover-lr", default=5e-5, show_default=True, type=float)
+@click.option("--distill", is_flag=True, help="Recovery also learns the unpruned model's logits.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@with_options(data_options)
+@force_option
+@json_option
+def prune(artifact: str, out: Path, heads: float, ffn: float, sparsity: float | None, pattern: str | None, scope: str,
+          data: str | None, eval_data: str | None, samples: int, recover_steps: int, recover_lr: float, distill: bool,
+          seed: int, text_column: str, label_column: str, force: bool, as_json: bool) -> None:
+    """Make a classifier smaller: structured (--heads/--ffn), unstructured (--sparsity) or 2:4 (--pattern 2:4)."""
+    from calibration.datasets import load_labelled
+    from exporter.load import load_checkpoint
+    from exporter.prune import PruneConfig
+    from exporter.prune import prune as run_prune
+    from exporter.stage import check_output
+
+    chosen = [k for k, on in (("structured", heads or ffn), ("unstructured", sparsity is not None), ("2:4", pattern)) if on]
+    if len(chosen) != 1:
+        raise ConfigError("choose one kind: --heads/--ffn (structured), --sparsity (unstructured) or --pattern 2:4")
+    config = PruneConfig(kind=chosen[0], heads=heads, ffn=ffn, sparsity=sparsity if sparsity is not None else 0.5,
+                         scope=scope, samples=samples, recover_steps=recover_steps, recover_lr=recover_lr,
+                         distill=distill, seed=seed)
+    check_output(out.absolute(), force)
+    source = load_checkpoint(artifact, "text-classification")
+    names = [source.labels[i] for i in sorted(source.labels)]
+    train = load_labelled(data, text_column, label_column, names) if data else None
+    dev = load_labelled(eval_data, text_column, label_column, names) if eval_data else None
+    art = run_prune(source, config, out, train=train, dev=dev, force=force, progress=progress)
+    m = art.lineage[-1].metrics
+    summary = [describe(art), f"parameters {m['parameters_before']:,} -> {m['parameters_after']:,}"]
+    if "structure" in m:
+        summary.append(f"heads per layer {m['structure']['heads']}, FFN neurons per layer {m['structure']['ffn']}")
+    if "sparsity" in m:
+        summary.append(f"sparsity {m['sparsity']:.3f} of encoder weights (dense runtimes get no speed from this; see README)")
+    for key in ("eval_before", "eval_after_removal", "eval"):
+        if key in m:
+            summary.append(f"{key.replace('_', ' ')}: accuracy {m[key]['accuracy']:.4f}")
+    emit(art.to_manifest() | {"path": str(art.path)}, as_json, lambda: "\n".join(summary))
+
+
+@main.command(name="eval")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--data", required=True, help="Labelled data: CSV/TSV/JSONL, or movie-snippets:test.")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@with_options(data_options)
+@backend_option
+@device_option
+@json_option
+def evaluate(artifact: Path, data: str, batch_size: int, text_column: str, label_column: str, backend: str,
+             device: str, as_json: bool) -> None:
+    """Accuracy, macro-F1 and confusion matrix of a classifier artifact (hf via torch, onnx via onnxruntime)."""
+    from benchmarks.accuracy import measure_accuracy
+    from calibration.datasets import load_labelled
+    from runtime.pipeline import TextClassifier
+
+    art = Artifact.load(artifact)
+    with TextClassifier(art, backend=backend, device=device, batch_size=batch_size) as clf:
+        names = [art.labels[i] for i in sorted(art.labels)]
+        result = measure_accuracy(clf, load_labelled(data, text_column, label_column, names))
+        result["backend"] = clf.session.describe()
+    emit(result, as_json, lambda: format_eval(result))
+
+
+def format_eval(r: dict[str, Any]) -> str:
+    names = r["labels"]
+    width = max(len(n) for n in names) + 2
+    lines = [f"accuracy {r['accuracy']:.4f}   macro-F1 {r['macro_f1']:.4f}   n {r['n']}   ({r['backend']}, {r['seconds']}s)",
+             "confusion (rows: true, columns: predicted)", " " * width + "".join(n.rjust(width) for n in names)]
+    lines += [n.ljust(width) + "".join(str(v).rjust(width) for v in row) for n, row in zip(names, r["confusion"])]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (localhost by default).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--max-batch-size", default=32, show_default=True, type=int, help="1 turns batching off.")
+@click.option("--max-delay-ms", default=5.0, show_default=True, type=float, help="Longest wait for a batch to fill.")
+@click.option("--max-queue", default=256, show_default=True, type=int, help="Waiting inputs before 503 overload.")
+@click.option("--threads", default=0, show_default=True, type=int, help="Model intra-op threads (0: backend default).")
+@click.option("--max-inputs", default=64, show_default=True, type=int, help="Texts per request.")
+@click.option("--max-chars", default=2000, show_default=True, type=int, help="Characters per text.")
+@click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=float, help="Seconds a request may wait.")
+@backend_option
+@device_option
+def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_ms: float, max_queue: int, threads: int,
+          max_inputs: int, max_chars: int, timeout_s: float, backend: str, device: str) -> None:
+    """Serve a text classifier over HTTP: POST /v1/predict, GET /healthz, GET /metrics."""
+    from runtime.server import ServeConfig, import_serving
+    from runtime.server import serve as run_server
+
+    config = ServeConfig(host=host, port=port, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
+                         max_queue=max_queue, threads=threads, max_inputs=max_inputs, max_chars=max_chars,
+                         request_timeout_s=timeout_s, backend=backend, device=device)
+    art = Artifact.load(artifact)
+    if art.task != "text-classification":
+        raise ConfigError(f"kiln serve serves text-classification artifacts; {artifact} is {art.task!r}")
+    import_serving()
+    progress(f"serving {art.path} on http://{host}:{port} (batch <= {max_batch_size}, delay <= {max_delay_ms} ms)")
+    run_server(art.path, config)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--concurrency", default=32, show_default=True, type=int, help="Closed-loop clients.")
+@click.option("--rate", type=float, help="Open loop: Poisson arrivals per second (instead of --concurrency).")
+@click.option("--duration", default=20.0, show_default=True, type=float, help="Seconds of load.")
+@click.option("--data", default="movie-snippets:test", show_default=True, help="Texts to send (one per request).")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--max-batch-size", default=32, show_default=True, type=int, help="In-process mode only.")
+@click.option("--max-delay-ms", default=5.0, show_default=True, type=float, help="In-process mode only.")
+@click.option("--max-queue", default=256, show_default=True, type=int, help="In-process mode only.")
+@json_option
+def loadtest(target: str, concurrency: int, rate: float | None, duration: float, data: str, text_column: str,
+             max_batch_size: int, max_delay_ms: float, max_queue: int, as_json: bool) -> None:
+    """Load a running server (TARGET = http://host:port) or an in-process Batcher (TARGET = an artifact)."""
+    from benchmarks.load import batcher_target, closed_loop, http_target, open_loop
+    from calibration.datasets import load_labelled
+    from runtime.batching import Batcher
+    from runtime.pipeline import TextClassifier
+
+    texts = load_labelled(data, text_column).texts
+    clf = batcher = None
+    if target.startswith("http"):
+        make = http_target(target)
+    else:
+        clf = TextClassifier(target, batch_size=max_batch_size)
+        batcher = Batcher(clf.predict_encoded, max_batch_size, max_delay_ms, max_queue, bucket=lambda e: len(e.ids) // 16)
+        make = batcher_target(batcher, clf.encode)
+    try:
+        progress(f"{'open loop at ' + str(rate) + '/s' if rate else f'{concurrency} closed-loop clients'} "
+                 f"for {duration:g}s against {target}")
+        result = open_loop(make, texts, rate, duration) if rate else closed_loop(make, texts, concurrency, duration)
+    finally:
+        if batcher:
+            batcher.close()
+        if clf:
+            clf.close()
+    summary = result.summary()
+    emit(summary, as_json, lambda: "\n".join(f"{k:<14} {v}" for k, v in summary.items()))
 
 
 @main.command()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.architectures import DYNAMIC_INPUT_AXES, architecture
-from runtime.artifact import Artifact, Step, TensorSpec, hash_files, library_versions
+from runtime.artifact import MANIFEST, Artifact, Step, TensorSpec, hash_files, library_versions
 from runtime.errors import BackendError, ConfigError, SourceError
 from runtime.tasks import TASKS, task_info
 
@@ -127,15 +127,29 @@ def text_meta(model_dir: Path, config: dict[str, Any], task: str) -> dict[str, A
     return meta
 
 
-def load_checkpoint(source: str | Path, task: str, trust_pickle: bool = False) -> Artifact:
-    """Check a checkpoint and describe it as an `hf` Artifact (the directory is not copied)."""
+def load_checkpoint(source: str | Path, task: str | None = None, trust_pickle: bool = False) -> Artifact:
+    """Check a checkpoint and describe it as an `hf` Artifact (the directory is not copied).
+
+    A directory Kiln wrote (finetune, prune) keeps its manifest: task, meta and lineage carry on.
+    """
     started = time.perf_counter()
-    if task not in TASKS:
+    if task is not None and task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     model_dir, weights_file = resolve_source(source)
+    prior = Artifact.load(model_dir) if weights_file is None and (model_dir / MANIFEST).is_file() else None
+    if prior is not None and prior.format != "hf":
+        raise SourceError(f"{source} is already a {prior.format!r} artifact; give the checkpoint it was made from")
+    if task is None:
+        if prior is None:
+            raise ConfigError(f"--task is required for {source} (it has no Kiln manifest); valid: {', '.join(TASKS)}")
+        task = prior.task
+    if prior is not None and task != prior.task:
+        raise ConfigError(f"{source} is a {prior.task!r} model; got --task {task!r}")
     config = read_config(model_dir)
     arch = architecture(config["model_type"])
     weights = find_weights(model_dir, weights_file, trust_pickle)
+    if prior is not None:
+        return prior
     meta = text_meta(model_dir, config, task)
     meta["weights_file"] = weights.name
     meta["trust_pickle"] = trust_pickle
@@ -151,8 +165,8 @@ def load_checkpoint(source: str | Path, task: str, trust_pickle: bool = False) -
                     lineage=(step,), meta=meta, files=hash_files(model_dir))
 
 
-def load_torch_model(artifact: Artifact, attn_implementation: str | None = None) -> Any:
-    """Instantiate the artifact's torch model in eval mode, float32."""
+def load_torch_model(artifact: Artifact, attn_implementation: str | None = None, num_labels: int | None = None) -> Any:
+    """Instantiate the artifact's torch model in eval mode, float32 (num_labels: a new classification head)."""
     try:
         import torch
         import transformers
@@ -163,10 +177,14 @@ def load_torch_model(artifact: Artifact, attn_implementation: str | None = None)
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if num_labels is not None:
+        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     weights = artifact.path / artifact.meta.get("weights_file", "model.safetensors")
     try:
         if weights.name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
-            model = auto.from_pretrained(str(artifact.path), **kwargs)
+            from runtime.backends.torch_structure import from_pretrained_any
+
+            model = from_pretrained_any(auto, str(artifact.path), **kwargs)
         else:
             config = transformers.AutoConfig.from_pretrained(str(artifact.path), **kwargs)
             if weights.suffix == ".safetensors":

@@ -15,7 +15,8 @@ from exporter.architectures import architecture
 from exporter.compare import compare, tolerance_for
 from exporter.load import TOKENIZER_FILES, load_torch_model
 from exporter.stage import Progress, atomic_output, finish, quiet
-from runtime.artifact import Artifact, TensorSpec
+from runtime.artifact import Artifact
+from runtime.backends.torch_structure import STRUCTURE_KEY
 from runtime.errors import ConfigError, ValidationError
 from runtime.session import open_session
 
@@ -92,12 +93,19 @@ def export_graph(model: Any, artifact: Artifact, path: Path, opset: int) -> None
 
 def fuse_graph(path: Path, model: Any, arch_type: str) -> dict[str, int]:
     """onnxruntime's transformer optimizer, offline (opt_level 1 keeps the graph provider-neutral)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     cfg = model.config
     heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_heads", 0)))
     hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "dim", 0)))
-    opt = optimize_model(str(path), model_type=arch_type, num_heads=heads, hidden_size=hidden, opt_level=1)
+    options = FusionOptions(arch_type)
+    if getattr(cfg, STRUCTURE_KEY, None):
+        # Attention fusion takes one head count for every layer; a structurally pruned model has
+        # its own per layer, and a fused graph would be silently wrong (validation caught exactly this).
+        options.enable_attention = False
+    opt = optimize_model(str(path), model_type=arch_type, num_heads=heads, hidden_size=hidden, opt_level=1,
+                         optimization_options=options)
     opt.save_model_to_file(str(path))
     return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 

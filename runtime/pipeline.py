@@ -102,7 +102,10 @@ class Pipeline:
 
     def run_rows(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run every text; return per text (its output row, its attention mask row)."""
-        encodings = self.encode(texts)
+        return self.run_encoded(self.encode(texts))
+
+    def run_encoded(self, encodings: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Like run_rows for already tokenized inputs (the Batcher tokenizes once, to bucket by length)."""
         rows: list[Any] = [None] * len(encodings)
         output = self.session.outputs[0].name
         for idx, feed in self.batches(encodings):
@@ -123,9 +126,12 @@ class TextClassifier(Pipeline):
     tasks = ("text-classification",)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        return self.predict_encoded(self.encode(texts))
+
+    def predict_encoded(self, encodings: Sequence[Any]) -> list[Prediction]:
         labels = self.artifact.labels
         out = []
-        for logits, _ in self.run_rows(texts):
+        for logits, _ in self.run_encoded(encodings):
             probs = softmax(logits.astype(np.float64))
             best = int(probs.argmax())
             names = [labels.get(i, str(i)) for i in range(len(probs))]

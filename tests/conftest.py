@@ -38,10 +38,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def write_tokenizer(path: Path) -> None:
-    from transformers import BertTokenizerFast
+    """A BERT-style WordPiece tokenizer over VOCAB, saved as tokenizer.json + tokenizer_config.json."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=160)
+    fast.save_pretrained(str(path))
     (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
 
 
 def build_tiny(path: Path, model_type: str = "bert", task: str = "text-classification", seed: int = 0) -> Path:
@@ -108,3 +117,36 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("minilm") / "minilm-onnx"
     return to_onnx(load_checkpoint("minilm", "feature-extraction"), OnnxConfig(), out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """KILN_DATA_DIR for the whole run; seeded from ../shared so CI does not depend on the download."""
+    root = tmp_path_factory.mktemp("kiln-data")
+    if SHARED_DATA.is_dir():
+        shutil.copytree(SHARED_DATA, root / "movie-snippets", ignore=shutil.ignore_patterns("LICENSE.txt"))
+    os.environ["KILN_DATA_DIR"] = str(root)
+    return root
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Tiny labelled data in the tiny vocabulary: the label follows the adjective."""
+    import random
+
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "fun", "beautiful"], ["bad", "boring", "dull", "awful"]
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        adj = rng.choice(pos if label == "positive" else neg)
+        noun = rng.choice(["movie", "film", "story", "plot", "acting"])
+        rows.append((f"the {noun} was very {adj}" + " ." * rng.randint(0, 5), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path

@@ -71,7 +71,7 @@ def test_doctor(tmp_path):
     (["export", "{model}", "--task", "summarize", "-o", "{tmp}/out"], "unknown task 'summarize'"),
     (["export", "{model}", "--task", "text-classification", "-o", "{tmp}/out", "--opset", "99"], "opset must be in 14..20"),
     (["export", "{model}", "--task", "text-classification", "-o", "{tmp}/out", "--opset", "x"], "'x' is not a valid integer"),
-    (["export", "{model}", "-o", "{tmp}/out"], "Missing option '--task'"),
+    (["export", "{model}", "-o", "{tmp}/out"], "--task is required for"),
     (["inspect", "{tmp}/nope"], "does not exist"),
     (["inspect", "{model}"], "not a Kiln artifact"),
     (["predict", "{art}"], "give exactly one of"),

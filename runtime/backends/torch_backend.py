@@ -64,7 +64,9 @@ class TorchSession(Session):
         if self._model is None:
             transformers.utils.logging.disable_progress_bar()
             auto = getattr(transformers, task_info(self.artifact.task).auto_class)
-            self._model = auto.from_pretrained(str(model_dir_for(self.artifact))).eval()
+            from runtime.backends.torch_structure import from_pretrained_any
+
+            self._model = from_pretrained_any(auto, str(model_dir_for(self.artifact))).eval()
         self._model.to(device=self.device, dtype=getattr(torch, dtype))
 
     def _close(self) -> None:

@@ -1,0 +1,69 @@
+"""Helpers shared by the benchmark recipes: interleaved latency rounds, sizes, result files."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmarks.environment import capture_environment
+from benchmarks.latency import token_feed
+from benchmarks.report import table
+from runtime import Artifact, open_session
+
+
+def interleaved_latency(artifacts: dict[str, Artifact], shapes: Sequence[tuple[int, int]], rounds: int = 10,
+                        per_round: int = 3, warmup: int = 3, threads: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """Median/p99 ms per (name, shape), measured in interleaved rounds so drift in machine speed hits all alike."""
+    sessions = {n: open_session(a, **({"threads": threads} if threads else {})).open() for n, a in artifacts.items()}
+    times: dict[tuple[str, tuple[int, int]], list[float]] = {(n, s): [] for n in sessions for s in shapes}
+    feeds = {(n, s): token_feed(sess, *s) for n, sess in sessions.items() for s in shapes}
+    for key, feed in feeds.items():
+        for _ in range(warmup):
+            sessions[key[0]].run(feed)
+    for _ in range(rounds):
+        for key, feed in feeds.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                sessions[key[0]].run(feed)
+                times[key].append((time.perf_counter() - t0) * 1000)
+    for s in sessions.values():
+        s.close()
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (n, s), ts in times.items():
+        out.setdefault(n, {})[f"{s[0]}x{s[1]}"] = {"median_ms": round(float(np.median(ts)), 3),
+                                                   "p99_ms": round(float(np.percentile(ts, 99)), 3),
+                                                   "throughput": round(s[0] / (float(np.median(ts)) / 1000), 2)}
+    return out
+
+
+def hf_parameters(art: Artifact) -> int:
+    """Parameters stored in an hf artifact's model.safetensors (zeros included)."""
+    from safetensors import safe_open
+
+    with safe_open(str(art.path / "model.safetensors"), "np") as f:
+        return int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+
+
+def model_size_mb(art: Artifact) -> float:
+    return round(art.model_file.stat().st_size / 1e6, 2)
+
+
+def write_results(out_dir: Path, name: str, title: str, rows: list[dict[str, Any]], columns: list[str],
+                  notes: list[str], extra: dict[str, Any] | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = capture_environment()
+    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", *sys.argv])
+    md = [f"# {title}", "", f"Command: `{command}`", "",
+          f"Machine: {env['cpu']}, {env['cpu_count']} cores ({' '.join(env['cpu_flags'])}); "
+          f"onnxruntime {env['versions'].get('onnxruntime')}, torch {env['versions'].get('torch')}", "",
+          table(rows, columns, markdown=True), "", *notes, ""]
+    (out_dir / f"{name}.md").write_text("\n".join(md))
+    (out_dir / f"{name}.json").write_text(json.dumps({"command": command, "environment": env, "rows": rows,
+                                                      **(extra or {})}, indent=2))
+    return out_dir / f"{name}.md"

@@ -1,0 +1,132 @@
+"""Labelled text datasets: CSV / TSV / JSONL files, and named datasets built into a local cache."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from runtime.errors import DataError
+
+SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+@dataclass(frozen=True)
+class LabelledTexts:
+    texts: list[str]
+    labels: list[int]  # indices into label_names
+    label_names: list[str]
+    source: str
+    sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int) -> LabelledTexts:
+        return LabelledTexts(self.texts[:n], self.labels[:n], self.label_names, f"{self.source}[:{n}]", self.sha256)
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("KILN_DATA_DIR", Path.home() / ".cache" / "kiln" / "data"))
+
+
+def resolve(source: str | Path) -> tuple[Path, list[str] | None]:
+    """A path, or NAME:SPLIT for a named dataset (built into the cache on first use)."""
+    from calibration.movie_snippets import NAMED
+
+    s = str(source)
+    name, _, split = s.partition(":")
+    if name in NAMED and not Path(s).exists():
+        builder, splits, names = NAMED[name]
+        if split not in splits:
+            raise DataError(f"dataset {name!r} has splits {', '.join(splits)}; got {split or 'none'!r} "
+                            f"(write it as {name}:{splits[0]})")
+        return builder(data_dir()) / f"{split}.csv", names
+    return Path(s), None
+
+
+def decode(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"data file {str(path)!r} is a directory") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: byte 0x{raw[e.start]:02x} is not UTF-8; re-save the file as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path} is empty")
+    return text.lstrip("\ufeff")
+
+
+def read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[int, str, Any]]:
+    """(line number, text, raw label) per record."""
+    text = decode(path)
+    rows = []
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}, line {n}: expected a JSON object with {text_column!r} and {label_column!r}")
+            for col in (text_column, label_column):
+                if col not in obj:
+                    raise DataError(f"{path}, line {n}: no field {col!r}; it has {sorted(obj)}")
+            rows.append((n, obj[text_column], obj[label_column]))
+        return rows
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
+    columns = reader.fieldnames or []
+    for col in (text_column, label_column):
+        if col not in columns:
+            raise DataError(f"{path} has no column {col!r}; its columns are {columns} "
+                            f"(choose with --text-column / --label-column)")
+    for record in reader:
+        rows.append((reader.line_num, record.get(text_column), record.get(label_column)))
+    return rows
+
+
+def load_labelled(source: str | Path, text_column: str = "text", label_column: str = "label",
+                  label_names: Sequence[str] | None = None) -> LabelledTexts:
+    """Read labelled texts. With label_names (a model's label map) every label must be in it."""
+    path, named_labels = resolve(source)
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported data format {path.suffix or '(no suffix)'!r}; use {', '.join(SUFFIXES)}")
+    rows = read_rows(path, text_column, label_column)
+    if not rows:
+        raise DataError(f"{path} has a header but no rows")
+    texts, raw_labels = [], []
+    for n, text, label in rows:
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, line {n}: row has no text in column {text_column!r}")
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise DataError(f"{path}, line {n}: row has no label in column {label_column!r}")
+        texts.append(text)
+        raw_labels.append(str(label).strip())
+    names = list(label_names or named_labels or [])
+    if not names:
+        # integers in numeric order (so 0,1,...,10 map to indices 0..10), then strings alphabetically
+        names = sorted(set(raw_labels), key=lambda v: (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v))
+    index = {name: i for i, name in enumerate(names)}
+    labels = []
+    for (n, _, _), raw in zip(rows, raw_labels):
+        if raw in index:
+            labels.append(index[raw])
+        elif raw.isdigit() and int(raw) < len(names) and not any(v.isdigit() for v in index):
+            labels.append(int(raw))  # integer labels against a named label map: treat as indices
+        else:
+            raise DataError(f"{path}, line {n}: label {raw!r} is not in the label map {names}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return LabelledTexts(texts, labels, names, str(source), digest, {"path": str(path)})

@@ -1,0 +1,103 @@
+"""Physically smaller BERT-style layers: build a model whose per-layer head / FFN counts differ.
+
+A structurally pruned checkpoint stores `kiln_structure = {"heads": [...], "ffn": [...]}` in its
+config.json; Hugging Face's from_pretrained cannot build such a model (it has one head count and
+one FFN size for all layers), so every loader in Kiln shrinks a from_config model to that structure
+before loading the weights. Torch-only; imported by the torch backend and the exporter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+STRUCTURE_KEY = "kiln_structure"
+
+
+def encoder_layers(model: Any) -> list[Any]:
+    base = getattr(model, model.base_model_prefix, model)
+    if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):
+        return list(base.encoder.layer)
+    raise ValueError(f"structured pruning supports BERT-style encoders (encoder.layer); got {type(model).__name__}")
+
+
+def head_size(model: Any) -> int:
+    return int(model.config.hidden_size // model.config.num_attention_heads)
+
+
+def _resize(linear: Any, n: int, dim: int) -> Any:
+    """A new, uninitialised-size nn.Linear with n outputs (dim 0) or n inputs (dim 1)."""
+    import torch
+
+    w = linear.weight
+    out_f, in_f = (n, w.shape[1]) if dim == 0 else (w.shape[0], n)
+    return torch.nn.Linear(in_f, out_f, bias=linear.bias is not None, dtype=w.dtype, device=w.device)
+
+
+def _select(linear: Any, keep: Sequence[int], dim: int) -> Any:
+    """A new nn.Linear keeping rows (dim 0: outputs) or columns (dim 1: inputs) of `linear`."""
+    import torch
+
+    new = _resize(linear, len(keep), dim)
+    idx = torch.as_tensor(list(keep), dtype=torch.long, device=linear.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight.index_select(dim, idx))
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias.index_select(0, idx) if dim == 0 else linear.bias)
+    return new
+
+
+def shrink_layer_(layer: Any, d: int, heads: Sequence[int] | int, neurons: Sequence[int] | int) -> None:
+    """Keep the given head / neuron indices (or, given counts, just resize for loading weights)."""
+    att = layer.attention
+    if isinstance(heads, int):
+        n_heads = heads
+        width = heads * d
+        att.self.query, att.self.key, att.self.value = (_resize(x, width, 0) for x in (att.self.query, att.self.key, att.self.value))
+        att.output.dense = _resize(att.output.dense, width, 1)
+    else:
+        rows = [h * d + j for h in sorted(heads) for j in range(d)]
+        n_heads = len(heads)
+        att.self.query, att.self.key, att.self.value = (_select(x, rows, 0) for x in (att.self.query, att.self.key, att.self.value))
+        att.output.dense = _select(att.output.dense, rows, 1)
+    att.self.num_attention_heads = n_heads
+    att.self.all_head_size = n_heads * d
+    if isinstance(neurons, int):
+        layer.intermediate.dense = _resize(layer.intermediate.dense, neurons, 0)
+        layer.output.dense = _resize(layer.output.dense, neurons, 1)
+    else:
+        keep = sorted(neurons)
+        layer.intermediate.dense = _select(layer.intermediate.dense, keep, 0)
+        layer.output.dense = _select(layer.output.dense, keep, 1)
+
+
+
+def apply_structure_(model: Any, structure: dict[str, list[int]]) -> None:
+    """Resize a freshly built model to the stored per-layer counts (weights are loaded afterwards)."""
+    d = head_size(model)
+    for layer, h, f in zip(encoder_layers(model), structure["heads"], structure["ffn"]):
+        shrink_layer_(layer, d, int(h), int(f))
+
+
+def from_pretrained_any(auto_class: Any, model_dir: str, **kwargs: Any) -> Any:
+    """auto_class.from_pretrained, or the structured build when config.json carries kiln_structure."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    if getattr(config, STRUCTURE_KEY, None) is None:
+        return auto_class.from_pretrained(model_dir, **kwargs)
+    return build_structured(auto_class, model_dir, config, **kwargs)
+
+
+def build_structured(auto_class: Any, model_dir: str, config: Any, **kwargs: Any) -> Any:
+    """from_config + apply_structure_ + load the safetensors weights strictly."""
+    from safetensors.torch import load_file
+
+    kwargs.pop("num_labels", None)
+    kwargs.pop("ignore_mismatched_sizes", None)
+    model = auto_class.from_config(config, **kwargs)
+    apply_structure_(model, getattr(config, STRUCTURE_KEY))
+    missing, unexpected = model.load_state_dict(load_file(f"{model_dir}/model.safetensors"), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]  # a buffer, not a weight
+    if missing or unexpected:
+        raise ValueError(f"{model_dir}: weights do not match {STRUCTURE_KEY}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model

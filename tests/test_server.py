@@ -1,0 +1,154 @@
+"""kiln serve with a real uvicorn on a loopback port."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("uvicorn")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port, method, path, body=None, headers=None, timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    conn.request(method, path, data, {"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    raw = resp.read()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), raw
+
+
+def wait_ready(port, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status, _, _ = request(port, "GET", "/healthz", timeout=2)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("server did not become ready")
+
+
+class ThreadServer:
+    def __init__(self, artifact, **cfg):
+        import uvicorn
+
+        from runtime.server import ServeConfig, Service, create_app
+
+        self.port = free_port()
+        self.service = Service(artifact, ServeConfig(port=self.port, **cfg))
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port,
+                                                    log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_ready(self.port)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_onnx):
+    with ThreadServer(tiny_onnx.path, max_inputs=4, max_chars=50, max_body_bytes=2000) as s:
+        yield s
+
+
+def test_predict(server):
+    status, _, raw = request(server.port, "POST", "/v1/predict", {"inputs": ["the movie was good", "bad"]})
+    body = json.loads(raw)
+    assert status == 200 and len(body["predictions"]) == 2
+    assert all(p["label"] in ("negative", "positive") and 0.5 <= p["score"] <= 1 for p in body["predictions"])
+
+
+@pytest.mark.parametrize("body, status, match", [
+    (b"{not json", 400, "not valid JSON"),
+    ({"texts": ["x"]}, 422, 'expected a JSON object {"inputs"'),
+    ({"inputs": "just a string"}, 422, "'inputs' must be a list of strings, got str"),
+    ({"inputs": ["ok", 3]}, 422, "inputs[1] must be a string, got int"),
+    ({"inputs": []}, 422, "'inputs' is empty"),
+    ({"inputs": ["a"] * 5}, 413, "5 inputs in one request; the limit is 4"),
+    ({"inputs": ["x" * 51]}, 413, "inputs[0] has 51 characters; the limit is 50"),
+    ({"inputs": ["x"], "pad": "y" * 3000}, 413, "the limit is 2000"),
+])
+def test_bad_requests_get_clear_4xx(server, body, status, match):
+    got, headers, raw = request(server.port, "POST", "/v1/predict", body)
+    assert got == status and match in json.loads(raw)["error"]
+    assert headers["content-type"] == "application/json"
+
+
+def test_metrics_parse_as_prometheus(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request(server.port, "POST", "/v1/predict", {"inputs": ["good"]})
+    status, _, raw = request(server.port, "GET", "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(raw.decode())}
+    assert status == 200
+    assert {"kiln_requests", "kiln_request_latency_seconds", "kiln_batch_size", "kiln_queue_depth"} <= set(families)
+    by_status = {s.labels.get("status"): s.value for s in families["kiln_requests"].samples if s.name == "kiln_requests_total"}
+    assert by_status.get("200", 0) >= 1 and by_status.get("422", 0) >= 1
+
+
+def test_overload_is_a_fast_503(tiny_onnx):
+    with ThreadServer(tiny_onnx.path, max_queue=2, max_delay_ms=1500, max_batch_size=64) as s:
+        results = []
+        waiting = [threading.Thread(target=lambda: results.append(request(s.port, "POST", "/v1/predict", {"inputs": ["a"]})))
+                   for _ in range(2)]
+        [t.start() for t in waiting]
+        time.sleep(0.3)  # both single-input requests now sit in the batcher's queue
+        t0 = time.perf_counter()
+        status, headers, raw = request(s.port, "POST", "/v1/predict", {"inputs": ["b"]})
+        assert status == 503 and headers.get("retry-after") == "1" and "queue full" in json.loads(raw)["error"]
+        assert time.perf_counter() - t0 < 0.5
+        [t.join(5) for t in waiting]
+        assert [r[0] for r in results] == [200, 200]
+
+
+def test_sigterm_drains_in_flight_requests(tiny_onnx):
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "serve", str(tiny_onnx.path), "--port", str(port),
+                             "--max-delay-ms", "1000", "--max-batch-size", "64"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(port)
+        results = []
+        clients = [threading.Thread(target=lambda: results.append(request(port, "POST", "/v1/predict", {"inputs": ["good"]})))
+                   for _ in range(5)]
+        [t.start() for t in clients]
+        time.sleep(0.3)  # the requests wait for their batch (up to 1 s)
+        proc.send_signal(signal.SIGTERM)
+        [t.join(10) for t in clients]
+        assert sorted(r[0] for r in results) == [200] * 5
+        # uvicorn re-raises the captured SIGTERM once shutdown finished, so the exit status says "terminated"
+        assert proc.wait(15) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_rejects_bad_artifact(tmp_path):
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+
+    r = CliRunner().invoke(main, ["serve", str(tmp_path / "missing")])
+    assert r.exit_code != 0 and r.output.startswith("error: artifact") and "does not exist" in r.output
