@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -32,3 +32,69 @@ def synthetic_text(input_names: Sequence[str], vocab_size: int, shapes: Sequence
             mask[row, :length] = 1
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         yield {k: feed[k] for k in input_names}
+
+
+def synthetic(specs: Sequence[Any], n: int, seed: int = 0, batch: int = 1, seq: int = 32,
+              vocab_size: int = 1000) -> Iterator[dict[str, np.ndarray]]:
+    """n seeded feeds for any TensorSpecs: int inputs get token ids, float inputs a standard normal."""
+    rng = np.random.default_rng(seed)
+    sizes = {"batch": batch, "sequence": seq}
+    for _ in range(n):
+        feed = {}
+        for s in specs:
+            shape = tuple(d if isinstance(d, int) else sizes.get(d, 1) for d in s.shape)
+            if np.dtype(s.dtype).kind in "iu":
+                feed[s.name] = rng.integers(1, vocab_size, size=shape).astype(s.dtype)
+                if s.name == "attention_mask":
+                    feed[s.name] = np.ones(shape, dtype=s.dtype)
+                elif s.name == "token_type_ids":
+                    feed[s.name] = np.zeros(shape, dtype=s.dtype)
+            else:
+                feed[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        yield feed
+
+
+def sample_by_length(texts: Sequence[str], lengths: Sequence[int], n: int, seed: int = 0) -> list[str]:
+    """n texts stratified by token length: sort by length, cut into n strata, draw one from each."""
+    if n >= len(texts):
+        return list(texts)
+    rng = np.random.default_rng(seed)
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    strata = np.array_split(order, n)
+    return [texts[int(rng.choice(s))] for s in strata]
+
+
+def from_texts(tokenizer: Any, texts: Sequence[str], max_length: int, input_names: Sequence[str],
+               batch_size: int = 1, pad_to: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds from texts with a `tokenizers.Tokenizer`. pad_to fixes every batch to one shape
+    (onnxruntime's percentile/entropy calibrators need all batches to share a shape)."""
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    texts = list(texts)
+    for start in range(0, len(texts), batch_size):
+        encs = tokenizer.encode_batch(texts[start:start + batch_size])
+        length = pad_to or max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), length), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for row, e in enumerate(encs):
+            k = min(len(e.ids), length)
+            ids[row, :k], mask[row, :k], types[row, :k] = e.ids[:k], 1, e.type_ids[:k]
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        yield {k: feed[k] for k in input_names}
+
+
+def from_npz(path: str, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds from an .npz whose arrays share a leading sample axis (one array per model input)."""
+    from runtime.errors import DataError
+
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({e})") from None
+    names = list(data.files)
+    if not names:
+        raise DataError(f"{path} holds no arrays")
+    n = len(data[names[0]])
+    for start in range(0, n, batch_size):
+        yield {k: data[k][start:start + batch_size] for k in names}

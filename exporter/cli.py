@@ -332,6 +332,95 @@ def prune(artifact: str, out: Path, heads: float, ffn: float, sparsity: float | 
     emit(art.to_manifest() | {"path": str(art.path)}, as_json, lambda: "\n".join(summary))
 
 
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--method", default="dynamic-int8", show_default=True, help="dynamic-int8, static-int8 or fp16.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@click.option("--optimize/--no-optimize", default=True, show_default=True, help="Quantize the fused graph.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True)
+@click.option("--reduce-range", is_flag=True, help="7-bit weights (for CPUs without VNNI).")
+@click.option("--calib-data", help="Texts for static calibration: CSV/TSV/JSONL or movie-snippets:train.")
+@click.option("--calib-samples", default=256, show_default=True, type=int, help="Calibration texts, stratified by length.")
+@click.option("--calib-cache", type=click.Path(path_type=Path), help="Reuse a range cache (calibration_cache.json).")
+@click.option("--calibrator", default="minmax", show_default=True, help="minmax, percentile or entropy.")
+@click.option("--percentile", default=99.999, show_default=True, type=float)
+@click.option("--op-types", default="MatMul,Attention", show_default=True, help="Op types to quantize.")
+@click.option("--exclude-op-types", default="", help="Comma-separated op types to leave in fp32.")
+@click.option("--exclude-nodes", default="", help="Comma-separated node names to leave in fp32.")
+@click.option("--activation-type", default="uint8", show_default=True, help="int8 or uint8 (static).")
+@click.option("--weight-type", default="int8", show_default=True, help="int8 or uint8.")
+@click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points; needs --eval-data.")
+@click.option("--eval-data", help="Labelled data for the accuracy guard (e.g. movie-snippets:dev).")
+@click.option("--report", is_flag=True, help="Per-node sensitivity analysis (output error when only it is quantized).")
+@with_options(data_options)
+@force_option
+@json_option
+def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel: bool, reduce_range: bool,
+             calib_data: str | None, calib_samples: int, calib_cache: Path | None, calibrator: str, percentile: float,
+             op_types: str, exclude_op_types: str, exclude_nodes: str, activation_type: str, weight_type: str,
+             max_accuracy_drop: float | None, eval_data: str | None, report: bool, text_column: str, label_column: str,
+             force: bool, as_json: bool) -> None:
+    """Quantize an ONNX artifact (int8 dynamic/static, fp16), validated and optionally accuracy-guarded."""
+    from calibration.datasets import load_labelled
+    from calibration.readers import from_texts, sample_by_length
+    from exporter.quantize import QuantConfig
+    from exporter.quantize import quantize as run_quantize
+    from exporter.stage import check_output
+    from runtime.pipeline import load_tokenizer
+
+    def names(v: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in v.split(",") if x.strip())
+
+    config = QuantConfig(method=method, optimize=optimize, per_channel=per_channel, reduce_range=reduce_range,
+                         calibrator=calibrator, percentile=percentile, calib_samples=calib_samples,
+                         op_types=names(op_types), exclude_op_types=names(exclude_op_types),
+                         exclude_nodes=names(exclude_nodes), activation_type=activation_type, weight_type=weight_type,
+                         max_accuracy_drop=max_accuracy_drop)
+    check_output(out.absolute(), force)
+    art = Artifact.load(artifact)
+    calibration = None
+    if calib_data:
+        tok = load_tokenizer(art)
+        texts = load_labelled(calib_data, text_column, label_column).texts if not calib_data.endswith(".txt") else \
+            [t for t in Path(calib_data).read_text().splitlines() if t.strip()]
+        max_len = int(art.meta.get("max_length", 128))
+        lengths = [len(e.ids) for e in tok.encode_batch(texts)]
+        chosen = sample_by_length(texts, lengths, calib_samples)
+        # percentile/entropy need one shape for every batch: pad those to the longest chosen text
+        pad_to = None if calibrator == "minmax" else min(max(lengths), max_len)
+        calibration = list(from_texts(tok, chosen, max_len, [s.name for s in art.inputs], batch_size=8, pad_to=pad_to))
+    names_map = [art.labels[i] for i in sorted(art.labels)] if art.labels else None
+    evaluation = load_labelled(eval_data, text_column, label_column, names_map) if eval_data else None
+    q = run_quantize(art, config, out, calibration=calibration, eval_data=evaluation, calib_cache=calib_cache,
+                     report=report, force=force, progress=progress)
+    m = q.lineage[-1].metrics
+    lines = [describe(q), f"size      {m['size_mb']['fp32']} MB fp32 -> {m['size_mb']['quantized']} MB"]
+    if "accuracy_guard" in m:
+        g = m["accuracy_guard"]
+        lines.append(f"accuracy  {g['accuracy_fp32']:.4f} fp32 -> {g['accuracy']:.4f} (drop {g['drop_points']:.2f} points, "
+                     f"budget {g['budget_points']}); kept in fp32: {g['kept_fp32'] or 'none'}")
+    if report and "sensitivity" in m:
+        lines.append("sensitivity (output error 1 - cosine when only this node is quantized), worst first:")
+        lines += [f"  {r['error']:.2e}  {r['node']}" for r in m["sensitivity"][:15]]
+    emit(q.to_manifest() | {"path": str(q.path)}, as_json, lambda: "\n".join(lines))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@force_option
+@json_option
+def optimize(artifact: Path, out: Path, force: bool, as_json: bool) -> None:
+    """Fuse an fp32 ONNX artifact's graph (Attention, SkipLayerNorm, Gelu) and validate it (fp32 tolerances)."""
+    from exporter.optimize import optimize as run_optimize
+    from exporter.stage import check_output
+
+    check_output(out.absolute(), force)
+    art = run_optimize(Artifact.load(artifact), out, force=force, progress=progress)
+    emit(art.to_manifest() | {"path": str(art.path)}, as_json,
+         lambda: describe(art) + f"\nfused ops {art.lineage[-1].metrics['fused_ops']}")
+
+
 @main.command(name="eval")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--data", required=True, help="Labelled data: CSV/TSV/JSONL, or movie-snippets:test.")
@@ -415,7 +504,7 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
 
     texts = load_labelled(data, text_column).texts
     clf = batcher = None
-    if target.startswith("http"):
+    if "://" in target:
         make = http_target(target)
     else:
         clf = TextClassifier(target, batch_size=max_batch_size)

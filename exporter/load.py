@@ -111,7 +111,9 @@ def text_meta(model_dir: Path, config: dict[str, Any], task: str) -> dict[str, A
         limits.append(int(json.loads(st_cfg.read_text()).get("max_seq_length", limits[0])))
     meta: dict[str, Any] = {"model_type": config["model_type"], "max_length": min(limits),
                             "pad_token_id": int(config.get("pad_token_id") or 0),
-                            "vocab_size": int(config.get("vocab_size", 0))}
+                            "vocab_size": int(config.get("vocab_size", 0)),
+                            "num_heads": int(config.get("num_attention_heads", config.get("n_heads", 0))),
+                            "hidden_size": int(config.get("hidden_size", config.get("dim", 0)))}
     if task == "text-classification" or task == "token-classification":
         id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
         meta["labels"] = {str(k): v for k, v in id2label.items()}

@@ -16,7 +16,6 @@ from exporter.compare import compare, tolerance_for
 from exporter.load import TOKENIZER_FILES, load_torch_model
 from exporter.stage import Progress, atomic_output, finish, quiet
 from runtime.artifact import Artifact
-from runtime.backends.torch_structure import STRUCTURE_KEY
 from runtime.errors import ConfigError, ValidationError
 from runtime.session import open_session
 
@@ -91,21 +90,19 @@ def export_graph(model: Any, artifact: Artifact, path: Path, opset: int) -> None
                           dynamo=EXPORTER_DYNAMO, do_constant_folding=True)
 
 
-def fuse_graph(path: Path, model: Any, arch_type: str) -> dict[str, int]:
+def fuse_graph(path: Path, meta: dict[str, Any]) -> dict[str, int]:
     """onnxruntime's transformer optimizer, offline (opt_level 1 keeps the graph provider-neutral)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    cfg = model.config
-    heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_heads", 0)))
-    hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "dim", 0)))
+    arch_type = architecture(meta["model_type"]).ort_model_type
     options = FusionOptions(arch_type)
-    if getattr(cfg, STRUCTURE_KEY, None):
+    if meta.get("structure"):
         # Attention fusion takes one head count for every layer; a structurally pruned model has
         # its own per layer, and a fused graph would be silently wrong (validation caught exactly this).
         options.enable_attention = False
-    opt = optimize_model(str(path), model_type=arch_type, num_heads=heads, hidden_size=hidden, opt_level=1,
-                         optimization_options=options)
+    opt = optimize_model(str(path), model_type=arch_type, num_heads=int(meta.get("num_heads", 0)),
+                         hidden_size=int(meta.get("hidden_size", 0)), opt_level=1, optimization_options=options)
     opt.save_model_to_file(str(path))
     return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 
@@ -144,7 +141,7 @@ def to_onnx(artifact: Artifact, config: OnnxConfig, out: str | Path, force: bool
         metrics: dict[str, Any] = {}
         if config.optimize:
             progress("fusing the graph with onnxruntime's transformer optimizer")
-            metrics["fused_ops"] = fuse_graph(model_path, model, architecture(artifact.meta["model_type"]).ort_model_type)
+            metrics["fused_ops"] = fuse_graph(model_path, artifact.meta)
         meta = {**artifact.meta, "model_file": "model.onnx", "tokenizer": "tokenizer.json"}
         meta.pop("weights_file", None)
         meta["tokenizer_files"] = copy_preprocessing(artifact.path, staged)

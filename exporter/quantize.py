@@ -1,0 +1,306 @@
+"""quantize: dynamic int8, static int8 (QDQ, calibrated) and fp16, on the fused graph, validated,
+optionally guarded by task accuracy (sensitive nodes fall back to fp32 until the drop fits the budget)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from calibration.datasets import LabelledTexts
+from calibration.readers import synthetic_text
+from exporter.compare import compare, tolerance_for
+from exporter.onnx_export import fuse_graph
+from exporter.stage import Progress, atomic_output, finish, quiet
+from runtime.artifact import Artifact
+from runtime.errors import ConfigError, InputError, ValidationError
+from runtime.session import open_session, validate_feed
+
+METHODS = ("dynamic-int8", "static-int8", "fp16")
+CALIBRATORS = ("minmax", "percentile", "entropy")
+QUANT_TYPES = ("int8", "uint8")
+# ops whose presence means a graph was already quantized (or converted to fp16 by Kiln)
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QAttention",
+                 "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm", "QEmbedLayerNormalization"}
+# numerically fragile ops that stay fp32 in an fp16 model (keep_io_types keeps inputs/outputs fp32 too)
+FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax",
+                  "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Erf"]
+CALIBRATION_CACHE = "calibration_cache.json"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    method: str = "dynamic-int8"
+    optimize: bool = True  # quantize the fused graph (Attention, SkipLayerNorm, BiasGelu)
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibrator: str = "minmax"
+    percentile: float = 99.999
+    calib_samples: int = 256
+    op_types: tuple[str, ...] = ("MatMul", "Attention")
+    exclude_op_types: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    max_accuracy_drop: float | None = None  # points (0.5 = half a percentage point)
+    max_guard_iterations: int = 6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.calibrator not in CALIBRATORS:
+            raise ConfigError(f"unknown calibrator {self.calibrator!r}; valid: {', '.join(CALIBRATORS)}")
+        if not 0 < self.percentile <= 100:
+            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+        for name in ("activation_type", "weight_type"):
+            if getattr(self, name) not in QUANT_TYPES:
+                raise ConfigError(f"{name} must be one of {', '.join(QUANT_TYPES)}, got {getattr(self, name)!r}")
+        if self.calib_samples < 1:
+            raise ConfigError(f"calib_samples must be >= 1, got {self.calib_samples}")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise ConfigError(f"max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.method == "fp16" else "int8"
+
+
+class FeedReader:
+    """Adapter: any iterable of feeds -> onnxruntime's CalibrationDataReader protocol."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self._it: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.feeds)
+
+
+def check_calibration(artifact: Artifact, feeds: Iterable[dict[str, np.ndarray]], fixed_shape: bool) -> list[dict[str, np.ndarray]]:
+    out = []
+    for i, feed in enumerate(feeds):
+        try:
+            validate_feed(artifact.inputs, feed)
+        except InputError as e:
+            raise InputError(f"calibration batch {i}: {e}") from None
+        out.append(feed)
+    if not out:
+        raise InputError("calibration data is empty; give at least one batch (--calib-data)")
+    shapes = {tuple(next(iter(f.values())).shape) for f in out}
+    if fixed_shape and len(shapes) > 1:
+        raise InputError(f"the percentile/entropy calibrators need every batch to share one shape, got {sorted(shapes)}; "
+                         "pad the calibration texts to one length")
+    return out
+
+
+def graph_ops(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+def quantizable_nodes(path: Path, op_types: tuple[str, ...]) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in op_types]
+
+
+def prepare(src: Path, dst: Path, meta: dict[str, Any], optimize: bool) -> dict[str, int]:
+    """Fuse (optional), then symbolic shape inference: quantizing a fused graph needs the types it adds."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fused: dict[str, int] = {}
+    work = dst.with_suffix(".fused.onnx")
+    shutil.copy2(src, work)
+    if optimize and not (graph_ops(work) & {"Attention", "SkipLayerNormalization"}):
+        fused = fuse_graph(work, meta)
+    quant_pre_process(str(work), str(dst), skip_optimization=True, auto_merge=True)
+    work.unlink()
+    return fused
+
+
+def run_method(pre: Path, out: Path, cfg: QuantConfig, excluded: list[str], calib: list[dict[str, np.ndarray]] | None,
+               cache: Path | None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    excluded_nodes = [*cfg.exclude_nodes, *excluded]
+    op_types = [o for o in cfg.op_types if o not in cfg.exclude_op_types]
+    if cfg.method == "dynamic-int8":
+        quantize_dynamic(str(pre), str(out), op_types_to_quantize=op_types, per_channel=cfg.per_channel,
+                         reduce_range=cfg.reduce_range, weight_type=qtype[cfg.weight_type],
+                         nodes_to_exclude=excluded_nodes, extra_options={"MatMulConstBOnly": True})
+    elif cfg.method == "static-int8":
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[cfg.calibrator]
+        # TensorRT rejects int32 bias quantization: biases stay float in the QDQ graph
+        extra = {"QuantizeBias": False, "CalibPercentile": cfg.percentile, "MatMulConstBOnly": True,
+                 "ActivationSymmetric": cfg.activation_type == "int8"}
+        if cfg.calibrator == "entropy":
+            extra["CalibNumBins"] = 128  # 2048 bins collapsed accuracy on MiniLM
+        quantize_static(str(pre), str(out), FeedReader(calib or []), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=[o for o in op_types if o != "Attention"] or ["MatMul"],
+                        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                        activation_type=qtype[cfg.activation_type], weight_type=qtype[cfg.weight_type],
+                        nodes_to_exclude=excluded_nodes, calibrate_method=method, extra_options=extra,
+                        calibration_cache_path=str(cache) if cache else None)
+    else:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = onnx.load(str(pre))
+        blocked = [n.name for n in model.graph.node if n.name in excluded_nodes]
+        onnx.save(convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                           node_block_list=blocked), str(out))
+
+
+@dataclass
+class GuardResult:
+    accuracy_fp32: float
+    accuracy: float
+    excluded: list[str] = field(default_factory=list)
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def drop_points(self) -> float:
+        return round((self.accuracy_fp32 - self.accuracy) * 100, 3)
+
+
+def accuracy_of(artifact: Artifact, data: LabelledTexts) -> float:
+    from benchmarks.accuracy import measure_accuracy
+    from runtime.pipeline import TextClassifier
+
+    with TextClassifier(artifact, batch_size=64) as clf:
+        return float(measure_accuracy(clf, data)["accuracy"])
+
+
+def output_error(ref: Any, cand: Any, feeds: list[dict[str, np.ndarray]]) -> float:
+    """Mean over feeds of 1 - cosine between the reference and candidate outputs (0 = identical)."""
+    from exporter.compare import row_cosines
+
+    errs = []
+    for f in feeds:
+        a, b = ref.run(f), cand.run(f)
+        errs += [float((1 - row_cosines(a[k], b[k])).mean()) for k in a]
+    return float(np.mean(errs))
+
+
+def sensitivity(pre: Path, staged: Artifact, cfg: QuantConfig, calib: list[dict[str, np.ndarray]] | None,
+                feeds: list[dict[str, np.ndarray]], progress: Progress) -> list[dict[str, Any]]:
+    """Per quantizable node: the output error when only that node is quantized, worst first."""
+    nodes = quantizable_nodes(pre, tuple(o for o in cfg.op_types if o not in cfg.exclude_op_types))
+    progress(f"sensitivity analysis over {len(nodes)} nodes (each quantized alone)")
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="kiln-sens-"))
+    try:
+        one = tmp / "one.onnx"
+        fp32 = Artifact(tmp, "onnx", staged.task, staged.inputs, staged.outputs, meta={"model_file": pre.name})
+        shutil.copy2(pre, tmp / pre.name)
+        with open_session(fp32) as ref:
+            for node in nodes:
+                others = [n for n in nodes if n != node]
+                run_method(pre, one, cfg, others, calib, None)
+                cand_art = Artifact(tmp, "onnx", staged.task, staged.inputs, staged.outputs, meta={"model_file": one.name})
+                with open_session(cand_art) as cand:
+                    rows.append({"node": node, "error": output_error(ref, cand, feeds)})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(rows, key=lambda r: -r["error"])
+
+
+def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibration: Iterable[dict[str, np.ndarray]] | None = None,
+             eval_data: LabelledTexts | None = None, calib_cache: str | Path | None = None, report: bool = False,
+             force: bool = False, progress: Progress = quiet) -> Artifact:
+    """Quantize an ONNX artifact; validate against it; with max_accuracy_drop, guard task accuracy."""
+    if artifact.format != "onnx":
+        raise ConfigError(f"quantize reads an 'onnx' artifact (run `kiln export` first), got {artifact.format!r}")
+    present = graph_ops(artifact.model_file)
+    if present & QUANTIZED_OPS or artifact.meta.get("precision") in ("int8", "fp16"):
+        raise ConfigError(f"{artifact.path} is already quantized ({artifact.meta.get('precision') or sorted(present & QUANTIZED_OPS)}); "
+                          "quantize the fp32 artifact it was made from")
+    if config.max_accuracy_drop is not None and eval_data is None:
+        raise ConfigError("--max-accuracy-drop needs --eval-data (labelled texts to measure accuracy on)")
+    if config.method == "static-int8" and calibration is None and calib_cache is None:
+        raise ConfigError("static-int8 needs calibration data (--calib-data) or a range cache (--calib-cache)")
+    calib = None
+    if calibration is not None and config.method == "static-int8":
+        calib = check_calibration(artifact, calibration, fixed_shape=config.calibrator != "minmax")
+    started = time.perf_counter()
+    with atomic_output(out, force) as staged:
+        for f in artifact.path.iterdir():  # tokenizer and friends travel with the model
+            if f.is_file() and f.name not in ("manifest.json", artifact.model_file.name):
+                shutil.copy2(f, staged / f.name)
+        pre = staged / "model.fp32.onnx"
+        progress("preparing the graph" + (" (fusing attention/LayerNorm/Gelu)" if config.optimize else ""))
+        fused = prepare(artifact.model_file, pre, artifact.meta, config.optimize)
+        cache = staged / CALIBRATION_CACHE if config.method == "static-int8" else None
+        if cache is not None and calib_cache is not None:
+            try:
+                json.loads(Path(calib_cache).read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"--calib-cache {calib_cache} is not a readable range cache ({e})") from None
+            shutil.copy2(calib_cache, cache)
+        model = staged / "model.onnx"
+        meta = {**artifact.meta, "model_file": "model.onnx", "precision": config.precision, "method": config.method}
+        q_art = Artifact(staged, "onnx", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage, meta)
+        vocab = int(artifact.meta.get("vocab_size") or 1000)
+        names = [s.name for s in artifact.inputs]
+        max_len = int(artifact.meta.get("max_length", 128))
+        val_feeds = list(synthetic_text(names, vocab, shapes=[(b, min(s, max_len)) for b, s in ((1, 7), (4, 33), (8, 128))],
+                                        seed=config.seed))
+        progress(f"quantizing: {config.method}" + (f" ({config.calibrator} calibration, {len(calib)} batches)" if calib else ""))
+        run_method(pre, model, config, [], calib, cache)
+        metrics: dict[str, Any] = {"fused_ops": fused}
+        ranking: list[dict[str, Any]] | None = None
+        if report:
+            ranking = sensitivity(pre, q_art, config, calib, (calib or val_feeds)[:8], progress)
+            metrics["sensitivity"] = ranking
+        if config.max_accuracy_drop is not None:
+            assert eval_data is not None
+            guard = GuardResult(accuracy_of(artifact, eval_data), accuracy_of(q_art, eval_data))
+            guard.iterations.append({"excluded": 0, "accuracy": guard.accuracy, "drop_points": guard.drop_points})
+            progress(f"accuracy fp32 {guard.accuracy_fp32:.4f}, {config.method} {guard.accuracy:.4f} "
+                     f"(drop {guard.drop_points:.2f} points, budget {config.max_accuracy_drop})")
+            k = 1
+            while guard.drop_points > config.max_accuracy_drop and len(guard.iterations) <= config.max_guard_iterations:
+                if ranking is None:
+                    ranking = sensitivity(pre, q_art, config, calib, (calib or val_feeds)[:8], progress)
+                    metrics["sensitivity"] = ranking
+                if k > len(ranking):
+                    break
+                excluded = [r["node"] for r in ranking[:k]]
+                run_method(pre, model, config, excluded, calib, cache)
+                acc = accuracy_of(q_art, eval_data)
+                guard.iterations.append({"excluded": k, "accuracy": acc, "drop_points": round((guard.accuracy_fp32 - acc) * 100, 3)})
+                progress(f"kept {k} most sensitive node(s) in fp32: accuracy {acc:.4f}")
+                guard.accuracy, guard.excluded = acc, excluded
+                k *= 2
+            metrics["accuracy_guard"] = {"accuracy_fp32": guard.accuracy_fp32, "accuracy": guard.accuracy,
+                                         "drop_points": guard.drop_points, "budget_points": config.max_accuracy_drop,
+                                         "kept_fp32": guard.excluded, "iterations": guard.iterations,
+                                         "data": eval_data.source, "data_sha256": eval_data.sha256}
+            if guard.drop_points > config.max_accuracy_drop:
+                raise ValidationError(
+                    f"accuracy budget not met: the best {config.method} model lost {guard.drop_points:.2f} points "
+                    f"({guard.accuracy_fp32:.4f} -> {guard.accuracy:.4f}) with {len(guard.excluded)} node(s) kept in fp32; "
+                    f"budget {config.max_accuracy_drop} points. Try static-int8 with another calibrator, exclude op types, "
+                    "or raise --max-accuracy-drop")
+        progress(f"validating against the fp32 model ({config.precision} tolerances)")
+        with open_session(artifact) as ref, open_session(q_art) as cand:
+            cmp = compare(ref, cand, val_feeds, tolerance_for(config.precision))
+        metrics["validation"] = cmp.metrics()
+        cmp.raise_if_failed(f"the {config.method} model")
+        pre.unlink()
+        metrics["size_mb"] = {"fp32": round(artifact.model_file.stat().st_size / 1e6, 2),
+                              "quantized": round(model.stat().st_size / 1e6, 2)}
+        return finish(staged, out, q_art, artifact, "quantize", asdict(config), started, metrics)
