@@ -34,6 +34,12 @@ def synthetic_text(input_names: Sequence[str], vocab_size: int, shapes: Sequence
         yield {k: feed[k] for k in input_names}
 
 
+def validation_feeds(input_names: Sequence[str], vocab_size: int, max_length: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """The seeded feeds every stage validates on: VALIDATION_SHAPES, lengths capped at the model's limit."""
+    shapes = [(b, min(s, max_length)) for b, s in VALIDATION_SHAPES]
+    return list(synthetic_text(input_names, vocab_size, shapes=shapes, seed=seed))
+
+
 def synthetic(specs: Sequence[Any], n: int, seed: int = 0, batch: int = 1, seq: int = 32,
               vocab_size: int = 1000) -> Iterator[dict[str, np.ndarray]]:
     """n seeded feeds for any TensorSpecs: int inputs get token ids, float inputs a standard normal."""

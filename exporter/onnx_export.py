@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from calibration.readers import synthetic_text
+from calibration.readers import synthetic_text, validation_feeds
 from exporter.architectures import architecture
 from exporter.compare import compare, tolerance_for
 from exporter.load import TOKENIZER_FILES, load_torch_model
@@ -142,7 +142,10 @@ def to_onnx(artifact: Artifact, config: OnnxConfig, out: str | Path, force: bool
         if config.optimize:
             progress("fusing the graph with onnxruntime's transformer optimizer")
             metrics["fused_ops"] = fuse_graph(model_path, artifact.meta)
-        meta = {**artifact.meta, "model_file": "model.onnx", "tokenizer": "tokenizer.json"}
+        cfg = model.config  # the fusions need these; older manifests may lack them
+        meta = {**artifact.meta, "model_file": "model.onnx", "tokenizer": "tokenizer.json",
+                "num_heads": int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_heads", 0))),
+                "hidden_size": int(getattr(cfg, "hidden_size", getattr(cfg, "dim", 0)))}
         meta.pop("weights_file", None)
         meta["tokenizer_files"] = copy_preprocessing(artifact.path, staged)
         onnx_art = Artifact(staged, "onnx", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage, meta)
@@ -159,7 +162,8 @@ def validate_against(reference: Artifact, candidate: Artifact, model: Any, seed:
     """compare() the candidate with the in-memory torch model on seeded feeds of several shapes."""
     from runtime.backends.torch_backend import TorchSession
 
-    feeds = synthetic_text([s.name for s in reference.inputs], int(model.config.vocab_size), seed=seed)
+    feeds = validation_feeds([s.name for s in reference.inputs], int(model.config.vocab_size),
+                             int(model.config.max_position_embeddings), seed)
     with TorchSession(reference, model=model) as ref, open_session(candidate, backend="onnxruntime") as cand:
         return compare(ref, cand, feeds, tolerance_for(precision))
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.artifact import Artifact
 from runtime.batching import Batcher, BatcherClosed, RequestTimeout
 from runtime.errors import BackendError, ConfigError, OverloadError
 from runtime.pipeline import TextClassifier
 
-BUCKET_TOKENS = 16  # requests whose token counts fall in the same 16-token band share a batch
+BUCKET_TOKENS = 32  # requests whose token counts fall in the same 32-token band share a batch
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Service:
     def __init__(self, artifact: str | Path, config: ServeConfig) -> None:
         _, _, prom = import_serving()
         self.artifact, self.config = artifact, config
+        self.artifact_format = Artifact.load(artifact).format
         self.ready = False
         self.error: str | None = None
         self.clf: TextClassifier | None = None
@@ -87,7 +89,10 @@ class Service:
 
     def load(self) -> None:
         try:
-            options = {"threads": self.config.threads} if self.config.threads else {}
+            options: dict[str, Any] = {"threads": self.config.threads} if self.config.threads else {}
+            if self.config.backend in ("auto", "onnxruntime") and self.artifact_format == "onnx":
+                # spinning intra-op threads would steal the cores the event loop and tokenizer need
+                options["spinning"] = False
             clf = TextClassifier(self.artifact, backend=self.config.backend, device=self.config.device,
                                  batch_size=self.config.max_batch_size, **options)
             for _ in range(self.config.warmup):  # first runs pay for kernel selection and arena growth

@@ -47,7 +47,7 @@ def test_each_method_validates(trained_onnx, tmp_path, cfg):
     loaded = Artifact.load(q.path)
     step = loaded.lineage[-1]
     assert step.stage == "quantize" and loaded.meta["precision"] == cfg.precision
-    assert step.metrics["validation"]["outputs"]["logits"]["cosine"] >= 0.98
+    assert step.metrics["validation"]["outputs"]["logits"]["cosine"] >= 0.95
     ops = graph_ops(q.model_file)
     if cfg.method == "dynamic-int8":
         assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "QAttention", "DynamicQuantizeMatMul"}

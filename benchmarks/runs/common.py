@@ -58,7 +58,9 @@ def write_results(out_dir: Path, name: str, title: str, rows: list[dict[str, Any
                   notes: list[str], extra: dict[str, Any] | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     env = capture_environment()
-    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", *sys.argv])
+    script = Path(sys.argv[0]).resolve()
+    module = ".".join(script.relative_to(Path(__file__).resolve().parents[2]).with_suffix("").parts)
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", module, *sys.argv[1:]])
     md = [f"# {title}", "", f"Command: `{command}`", "",
           f"Machine: {env['cpu']}, {env['cpu_count']} cores ({' '.join(env['cpu_flags'])}); "
           f"onnxruntime {env['versions'].get('onnxruntime')}, torch {env['versions'].get('torch')}", "",

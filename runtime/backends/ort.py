@@ -27,7 +27,8 @@ def import_onnxruntime() -> Any:
 
 
 class OnnxRuntimeSession(Session):
-    """Options: threads (intra-op, 0 = onnxruntime's choice), provider ("tensorrt" on cuda), graph_optimization."""
+    """Options: threads (intra-op, 0 = onnxruntime's choice), provider ("tensorrt" on cuda),
+    spinning (False: idle worker threads sleep instead of spinning, leaving the CPU to a server's Python threads)."""
 
     backend = "onnxruntime"
 
@@ -44,6 +45,8 @@ class OnnxRuntimeSession(Session):
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(self.options.get("threads", 0))
         so.log_severity_level = 3
+        if not self.options.get("spinning", True):
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._sess = ort.InferenceSession(str(self.artifact.model_file), so, providers=wanted)
         except Exception as e:  # onnxruntime raises its own untyped errors for corrupt models
