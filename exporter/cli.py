@@ -344,7 +344,8 @@ def prune(artifact: str, out: Path, heads: float, ffn: float, sparsity: float | 
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="Reuse a range cache (calibration_cache.json).")
 @click.option("--calibrator", default="minmax", show_default=True, help="minmax, percentile or entropy.")
 @click.option("--percentile", default=99.999, show_default=True, type=float)
-@click.option("--op-types", default="MatMul,Attention", show_default=True, help="Op types to quantize.")
+@click.option("--op-types", default="MatMul,Attention,Gather,EmbedLayerNormalization", show_default=True,
+              help="Op types to quantize.")
 @click.option("--exclude-op-types", default="", help="Comma-separated op types to leave in fp32.")
 @click.option("--exclude-nodes", default="", help="Comma-separated node names to leave in fp32.")
 @click.option("--activation-type", default="uint8", show_default=True, help="int8 or uint8 (static).")

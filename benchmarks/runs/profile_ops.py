@@ -1,0 +1,54 @@
+"""Where the time goes: onnxruntime's profiler, aggregated by op type, for one or more ONNX models.
+
+    python -m benchmarks.runs.profile_ops MODEL.onnx [MODEL.onnx ...] [--batch 32 --seq 128 --runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def profile(model: Path, batch: int, seq: int, runs: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "prof")
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 30000, size=(batch, seq), dtype=np.int64)
+    full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    feed = {i.name: full[i.name] for i in sess.get_inputs()}
+    for _ in range(runs):
+        sess.run(None, feed)
+    trace = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    for ev in trace:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            per_op[ev["args"]["op_name"]] += ev["dur"] / 1000 / runs  # ms per run
+    return dict(sorted(per_op.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args()
+    for m in args.models:
+        ops = profile(m, args.batch, args.seq, args.runs)
+        total = sum(ops.values())
+        print(f"\n{m}  ({args.batch}x{args.seq}: {total:.1f} ms of kernel time per run)")
+        for op, ms in list(ops.items())[:12]:
+            print(f"  {op:<32} {ms:8.1f} ms  {100 * ms / total:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
