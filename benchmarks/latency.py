@@ -38,6 +38,40 @@ def token_feed(session: Session, batch: int, seq_len: int, seed: int = 0) -> dic
     return {s.name: full[s.name] for s in session.inputs}
 
 
+def measure_interleaved(runs: dict[tuple[str, int, int], tuple[Session, dict[str, np.ndarray]]], warmup: int = 5,
+                        iters: int = 30, rounds: int = 5) -> dict[tuple[str, int, int], LatencyResult]:
+    """Like measure_latency for several (session, feed) pairs, timed in interleaved rounds: each round
+    runs every pair iters/rounds times, so drift in the machine's speed hits every pair alike."""
+    if warmup < 0 or iters < 1 or rounds < 1:
+        raise ConfigError(f"warmup must be >= 0, iters and rounds >= 1; got {warmup}, {iters}, {rounds}")
+    times: dict[tuple[str, int, int], list[float]] = {k: [] for k in runs}
+    for sess, feed in runs.values():
+        for _ in range(warmup):
+            sess.run(feed)
+    per_round = max(1, iters // rounds)
+    for _ in range(rounds):
+        for key, (sess, feed) in runs.items():
+            # onnxruntime's idle workers spin for a while after a run; let them park before the next
+            # configuration starts, or it pays for the previous one's threads
+            time.sleep(0.2)
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                sess.run(feed)
+                times[key].append((time.perf_counter() - t0) * 1000)
+    return {key: summarize(runs[key][0].describe(), runs[key][1], np.asarray(ms)) for key, ms in times.items()}
+
+
+def summarize(backend: str, feed: dict[str, np.ndarray], ms: np.ndarray) -> LatencyResult:
+    first = next(iter(feed.values()))
+    batch, seq = int(first.shape[0]), int(first.shape[1]) if first.ndim > 1 else 1
+    p50 = float(np.percentile(ms, 50))
+    return LatencyResult(
+        backend=backend, batch=batch, seq_len=seq, iters=len(ms), p50_ms=round(p50, 3),
+        p90_ms=round(float(np.percentile(ms, 90)), 3), p99_ms=round(float(np.percentile(ms, 99)), 3),
+        mean_ms=round(float(ms.mean()), 3), min_ms=round(float(ms.min()), 3),
+        throughput=round(batch / (p50 / 1000), 2))
+
+
 def measure_latency(session: Session, feed: dict[str, np.ndarray], warmup: int = 5, iters: int = 30,
                     sync: Callable[[], None] | None = None) -> LatencyResult:
     """Time `iters` calls after `warmup` calls; `sync` (e.g. torch.cuda.synchronize) runs before each clock read."""
@@ -52,12 +86,4 @@ def measure_latency(session: Session, feed: dict[str, np.ndarray], warmup: int =
         if sync:
             sync()
         times[i] = time.perf_counter() - t0
-    ms = times * 1000
-    first = next(iter(feed.values()))
-    batch, seq = int(first.shape[0]), int(first.shape[1]) if first.ndim > 1 else 1
-    p50 = float(np.percentile(ms, 50))
-    return LatencyResult(
-        backend=session.describe(), batch=batch, seq_len=seq, iters=iters, p50_ms=round(p50, 3),
-        p90_ms=round(float(np.percentile(ms, 90)), 3), p99_ms=round(float(np.percentile(ms, 99)), 3),
-        mean_ms=round(float(ms.mean()), 3), min_ms=round(float(ms.min()), 3),
-        throughput=round(batch / (p50 / 1000), 2))
+    return summarize(session.describe(), feed, times * 1000)

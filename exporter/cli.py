@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -192,13 +193,15 @@ def int_list(value: str, what: str) -> list[int]:
 @click.option("--warmup", default=5, show_default=True, type=int)
 @click.option("--iters", default=30, show_default=True, type=int)
 @click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
+@click.option("--rounds", default=5, show_default=True, type=int,
+              help="Interleave the timed runs of every configuration in this many rounds (fair under drift).")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
 @json_option
 def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: str, warmup: int, iters: int,
-          threads: int, markdown: bool, as_json: bool) -> None:
+          threads: int, rounds: int, markdown: bool, as_json: bool) -> None:
     """Measure latency percentiles and throughput per backend and batch size."""
     from benchmarks.environment import capture_environment
-    from benchmarks.latency import measure_latency, token_feed
+    from benchmarks.latency import measure_interleaved, measure_latency, token_feed
     from benchmarks.report import table
     from runtime.session import open_session
 
@@ -209,13 +212,20 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
     max_len = int(art.meta.get("max_length", seq_len))
     if seq_len > max_len:
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's maximum length {max_len}")
-    rows = []
-    for name in [b.strip() for b in backend.split(",") if b.strip()]:
-        options = {"threads": threads} if threads else {}
-        with open_session(art, backend=name, device=device, **options) as sess:
-            for b in sizes:
-                progress(f"{sess.describe()}: batch {b} x {seq_len}, {warmup} warm-up + {iters} timed runs")
-                rows.append(measure_latency(sess, token_feed(sess, b, seq_len), warmup, iters).to_dict())
+    options = {"threads": threads} if threads else {}
+    names = [b.strip() for b in backend.split(",") if b.strip()]
+    with contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(open_session(art, backend=n, device=device, **options)) for n in names]
+        runs = {(n, b, seq_len): (s, token_feed(s, b, seq_len)) for n, s in zip(names, sessions) for b in sizes}
+        progress(f"{len(runs)} configurations x ({warmup} warm-up + {iters} timed runs), interleaved in {rounds} rounds")
+        sync = None
+        if device == "cuda" and any(n == "torch" for n in names):
+            import torch
+
+            sync = torch.cuda.synchronize
+        results = measure_interleaved(runs, warmup, iters, rounds) if sync is None else \
+            {k: measure_latency(s, f, warmup, iters, sync) for k, (s, f) in runs.items()}
+        rows = [r.to_dict() for r in results.values()]
     report = {"artifact": str(art.path.absolute()), "results": rows, "environment": capture_environment()}
     cols = ["backend", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput"]
     env = report["environment"]

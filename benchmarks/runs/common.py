@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from benchmarks.environment import capture_environment
-from benchmarks.latency import token_feed
+from benchmarks.latency import measure_interleaved, token_feed
 from benchmarks.report import table
 from runtime import Artifact, open_session
 
@@ -21,24 +20,13 @@ def interleaved_latency(artifacts: dict[str, Artifact], shapes: Sequence[tuple[i
                         per_round: int = 3, warmup: int = 3, threads: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """Median/p99 ms per (name, shape), measured in interleaved rounds so drift in machine speed hits all alike."""
     sessions = {n: open_session(a, **({"threads": threads} if threads else {})).open() for n, a in artifacts.items()}
-    times: dict[tuple[str, tuple[int, int]], list[float]] = {(n, s): [] for n in sessions for s in shapes}
-    feeds = {(n, s): token_feed(sess, *s) for n, sess in sessions.items() for s in shapes}
-    for key, feed in feeds.items():
-        for _ in range(warmup):
-            sessions[key[0]].run(feed)
-    for _ in range(rounds):
-        for key, feed in feeds.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                sessions[key[0]].run(feed)
-                times[key].append((time.perf_counter() - t0) * 1000)
-    for s in sessions.values():
-        s.close()
+    runs = {(n, b, s): (sess, token_feed(sess, b, s)) for n, sess in sessions.items() for b, s in shapes}
+    results = measure_interleaved(runs, warmup, iters=rounds * per_round, rounds=rounds)
+    for sess in sessions.values():
+        sess.close()
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for (n, s), ts in times.items():
-        out.setdefault(n, {})[f"{s[0]}x{s[1]}"] = {"median_ms": round(float(np.median(ts)), 3),
-                                                   "p99_ms": round(float(np.percentile(ts, 99)), 3),
-                                                   "throughput": round(s[0] / (float(np.median(ts)) / 1000), 2)}
+    for (n, b, s), r in results.items():
+        out.setdefault(n, {})[f"{b}x{s}"] = {"median_ms": r.p50_ms, "p99_ms": r.p99_ms, "throughput": r.throughput}
     return out
 
 
