@@ -293,6 +293,7 @@ def finetune(source: str, data: str, eval_data: str | None, out: Path, epochs: i
 @main.command()
 @click.argument("artifact")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@click.option("--layers", default=0, show_default=True, type=int, help="Structured: whole encoder layers to remove.")
 @click.option("--heads", default=0.0, show_default=True, type=float, help="Structured: fraction of attention heads to remove.")
 @click.option("--ffn", default=0.0, show_default=True, type=float, help="Structured: fraction of FFN neurons to remove.")
 @click.option("--sparsity", type=float, help="Unstructured magnitude pruning: fraction of encoder weights to zero.")
@@ -308,7 +309,7 @@ def finetune(source: str, data: str, eval_data: str | None, out: Path, epochs: i
 @with_options(data_options)
 @force_option
 @json_option
-def prune(artifact: str, out: Path, heads: float, ffn: float, sparsity: float | None, pattern: str | None, scope: str,
+def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, sparsity: float | None, pattern: str | None, scope: str,
           data: str | None, eval_data: str | None, samples: int, recover_steps: int, recover_lr: float, distill: bool,
           seed: int, text_column: str, label_column: str, force: bool, as_json: bool) -> None:
     """Make a classifier smaller: structured (--heads/--ffn), unstructured (--sparsity) or 2:4 (--pattern 2:4)."""
@@ -318,10 +319,10 @@ def prune(artifact: str, out: Path, heads: float, ffn: float, sparsity: float | 
     from exporter.prune import prune as run_prune
     from exporter.stage import check_output
 
-    chosen = [k for k, on in (("structured", heads or ffn), ("unstructured", sparsity is not None), ("2:4", pattern)) if on]
+    chosen = [k for k, on in (("structured", heads or ffn or layers), ("unstructured", sparsity is not None), ("2:4", pattern)) if on]
     if len(chosen) != 1:
-        raise ConfigError("choose one kind: --heads/--ffn (structured), --sparsity (unstructured) or --pattern 2:4")
-    config = PruneConfig(kind=chosen[0], heads=heads, ffn=ffn, sparsity=sparsity if sparsity is not None else 0.5,
+        raise ConfigError("choose one kind: --layers/--heads/--ffn (structured), --sparsity (unstructured) or --pattern 2:4")
+    config = PruneConfig(kind=chosen[0], layers=layers, heads=heads, ffn=ffn, sparsity=sparsity if sparsity is not None else 0.5,
                          scope=scope, samples=samples, recover_steps=recover_steps, recover_lr=recover_lr,
                          distill=distill, seed=seed)
     check_output(out.absolute(), force)

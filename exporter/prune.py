@@ -29,6 +29,7 @@ SCOPES = ("global", "layer")
 @dataclass(frozen=True)
 class PruneConfig:
     kind: str = "structured"
+    layers: int = 0  # structured: whole encoder layers to remove (the least important, by loss when skipped)
     heads: float = 0.25  # structured: fraction of attention heads to remove
     ffn: float = 0.3  # structured: fraction of FFN neurons to remove
     sparsity: float = 0.5  # unstructured: fraction of encoder weights set to zero
@@ -52,8 +53,10 @@ class PruneConfig:
                 raise ConfigError(f"--{name} must be in [0, 1) (a fraction to remove), got {v}")
         if not 0 < self.sparsity < 1:
             raise ConfigError(f"--sparsity must be in (0, 1), got {self.sparsity}")
-        if self.kind == "structured" and self.heads == 0 and self.ffn == 0:
-            raise ConfigError("structured pruning needs --heads or --ffn above 0")
+        if not isinstance(self.layers, int) or self.layers < 0:
+            raise ConfigError(f"--layers must be a whole number >= 0, got {self.layers!r}")
+        if self.kind == "structured" and self.heads == 0 and self.ffn == 0 and self.layers == 0:
+            raise ConfigError("structured pruning needs --layers, --heads or --ffn above 0")
         for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -97,6 +100,49 @@ def taylor_importance(model: Any, enc: Any, input_names: list[str], batch_size: 
                 neurons[li] += contrib.abs().numpy()
     model.zero_grad(set_to_none=True)
     return heads, neurons
+
+
+def mean_loss(model: Any, enc: Any, input_names: list[str], batch_size: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    labels = torch.tensor(enc.labels)
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(enc.ids), batch_size):
+            idx = list(range(start, min(start + batch_size, len(enc.ids))))
+            logits = model(**collate(enc, idx, input_names)).logits
+            total += float(F.cross_entropy(logits, labels[idx], reduction="sum"))
+    return total / len(enc.ids)
+
+
+def layer_importance(model: Any, enc: Any, input_names: list[str], batch_size: int) -> list[float]:
+    """Per encoder layer: how much the loss on the sample rises when that layer alone is skipped."""
+    import torch
+
+    encoder = getattr(model, model.base_model_prefix).encoder
+    layers = list(encoder.layer)
+    model.eval()
+    base = mean_loss(model, enc, input_names, batch_size)
+    scores = []
+    try:
+        for i in range(len(layers)):
+            encoder.layer = torch.nn.ModuleList(layers[:i] + layers[i + 1:])
+            scores.append(mean_loss(model, enc, input_names, batch_size) - base)
+    finally:
+        encoder.layer = torch.nn.ModuleList(layers)
+    return scores
+
+
+def remove_layers_(model: Any, drop: list[int]) -> list[int]:
+    """Physically remove whole encoder layers; the config's layer count follows."""
+    import torch
+
+    encoder = getattr(model, model.base_model_prefix).encoder
+    kept = [i for i in range(len(encoder.layer)) if i not in set(drop)]
+    encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in kept])
+    model.config.num_hidden_layers = len(kept)
+    return kept
 
 
 def choose_removed(scores: list[np.ndarray], fraction: float, min_keep: int) -> list[list[int]]:
@@ -200,9 +246,18 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
             sample = encode(tokenizer, train.subset(config.samples), max_length)
             progress(f"scoring heads and FFN neurons on {len(sample.ids)} training examples (Taylor importance)")
             teacher = copy.deepcopy(model) if config.distill else None
+            if config.layers:
+                n_layers = len(encoder_layers(model))
+                if config.layers >= n_layers:
+                    raise ConfigError(f"--layers {config.layers} would remove every layer; the model has {n_layers}")
+                scores = layer_importance(model, sample, input_names, config.batch_size)
+                drop = sorted(sorted(range(n_layers), key=lambda i: scores[i])[:config.layers])
+                metrics["layers"] = {"loss_increase_when_skipped": [round(x, 5) for x in scores], "removed": drop,
+                                     "kept": remove_layers_(model, drop)}
+                progress(f"removed encoder layers {drop} (loss increase when skipped: {[round(x, 4) for x in scores]})")
             head_scores, ffn_scores = taylor_importance(model, sample, input_names, config.batch_size)
-            rh = choose_removed(head_scores, config.heads, min_keep=1)
-            rn = choose_removed(ffn_scores, config.ffn, min_keep=1)
+            rh = choose_removed(head_scores, config.heads, min_keep=1) if config.heads else [[] for _ in head_scores]
+            rn = choose_removed(ffn_scores, config.ffn, min_keep=1) if config.ffn else [[] for _ in ffn_scores]
             kept = remove_units_(model, rh, rn)
             metrics["structure"] = kept
             progress(f"kept heads per layer {kept['heads']}, FFN neurons per layer {kept['ffn']}")
@@ -227,6 +282,7 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
         tokenizer.save_pretrained(str(staged))
         meta = {**artifact.meta, "max_length": max_length, "weights_file": "model.safetensors", "tokenizer": "tokenizer.json"}
         if config.kind == "structured":
-            meta["structure"] = {"heads": metrics["structure"]["heads"], "ffn": metrics["structure"]["ffn"]}
+            meta["structure"] = {"heads": metrics["structure"]["heads"], "ffn": metrics["structure"]["ffn"],
+                                 "layers": len(metrics["structure"]["heads"])}
         tmpl = Artifact(staged, "hf", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage, meta)
         return finish(staged, out, tmpl, artifact, "prune", asdict(config), started, metrics)

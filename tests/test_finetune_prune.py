@@ -111,6 +111,19 @@ def test_structured_prune_with_recovery_and_distillation(tuned, data, tmp_path):
     assert onnx_art.lineage[-1].metrics["validation"]["outputs"]["logits"]["max_abs"] <= 1e-4
 
 
+def test_layer_removal_shrinks_depth_and_reloads(tuned, data, tmp_path):
+    cfg = PruneConfig(kind="structured", layers=1, heads=0.25, ffn=0.0, samples=32, batch_size=16)
+    art = prune(load_checkpoint(tuned.path), cfg, tmp_path / "p", train=data[0], dev=data[1], show_bar=False)
+    m = art.lineage[-1].metrics
+    assert len(m["layers"]["removed"]) == 1 and len(m["layers"]["kept"]) == 1 and len(m["structure"]["heads"]) == 1
+    model = load_torch_model(load_checkpoint(art.path))  # reloads with one layer and its own head count
+    assert model.config.num_hidden_layers == 1 and len(model.bert.encoder.layer) == 1
+    onnx_art = to_onnx(load_checkpoint(art.path), OnnxConfig(), tmp_path / "onnx")
+    assert onnx_art.lineage[-1].metrics["validation"]["outputs"]["logits"]["max_abs"] <= 1e-4
+    with pytest.raises(ConfigError, match="--layers 2 would remove every layer; the model has 2"):
+        prune(load_checkpoint(tuned.path), PruneConfig(layers=2, samples=8), tmp_path / "q", train=data[0], show_bar=False)
+
+
 @pytest.mark.parametrize("cfg, expected", [
     (PruneConfig(kind="unstructured", sparsity=0.5), 0.5),
     (PruneConfig(kind="unstructured", sparsity=0.3, scope="layer"), 0.3),
@@ -141,7 +154,8 @@ def test_choose_removed_keeps_one_per_layer():
     ({"kind": "lottery"}, "unknown prune kind 'lottery'; valid: structured, unstructured, 2:4"),
     ({"heads": 1.2}, "--heads must be in \\[0, 1\\)"),
     ({"sparsity": 0}, "--sparsity must be in \\(0, 1\\)"),
-    ({"heads": 0, "ffn": 0}, "needs --heads or --ffn above 0"),
+    ({"heads": 0, "ffn": 0}, "needs --layers, --heads or --ffn above 0"),
+    ({"layers": -1}, "--layers must be a whole number >= 0"),
     ({"distill": True}, "--distill needs --recover-steps > 0"),
 ])
 def test_prune_config_errors(kwargs, match):

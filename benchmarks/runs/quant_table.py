@@ -1,7 +1,7 @@
 """Quantization in one run on the same inputs: Kiln's variants vs the optimum peer recipe.
 
-    python -m benchmarks.runs.quant_table --ft benchmarks/work/ft --pruned benchmarks/work/prune/hf-2 \\
-        --peer-python benchmarks/work/peer-venv/bin/python
+    python -m benchmarks.runs.quant_table --ft benchmarks/work/ft \\
+        --pruned benchmarks/work/prune/hf-2 benchmarks/work/prune/hf-deep --peer-python benchmarks/work/peer-venv/bin/python
 
 Shapes: batch 1 real test sentences (unpadded, each its own length) and batch 32 x 128.
 Columns: median/p99 latency, throughput, size, test accuracy, drop vs fp32, max abs logit diff vs fp32.
@@ -82,7 +82,7 @@ def batch1_latency(arts: dict[str, Artifact], texts: list[str], rounds: int) -> 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ft", required=True, type=Path)
-    ap.add_argument("--pruned", type=Path, help="structurally pruned + recovered hf artifact")
+    ap.add_argument("--pruned", type=Path, nargs="*", default=[], help="structurally pruned + recovered hf artifacts")
     ap.add_argument("--peer-python", help="python of the optimum environment (benchmarks/peer/requirements.txt)")
     ap.add_argument("--work", type=Path, default=Path("benchmarks/work/quant"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -127,11 +127,15 @@ def main() -> None:
                                              work / "guarded", eval_data=dev, force=True, progress=log)
     log("converting: fp16")
     variants["Kiln fp16 (numerics only)"] = quantize(fp32, QuantConfig(method="fp16"), work / "fp16", force=True)
-    if args.pruned:
-        log("pruned model: export + dynamic int8")
-        p32 = to_onnx(load_checkpoint(args.pruned), OnnxConfig(), work / "pruned-fp32", force=True)
-        variants["Kiln pruned fp32"] = p32
-        variants["Kiln pruned + int8"] = quantize(p32, QuantConfig(method="dynamic-int8"), work / "pruned-dyn", force=True)
+    for pruned in args.pruned:
+        src = load_checkpoint(pruned)
+        s = src.meta.get("structure", {})
+        label = f"{len(s.get('heads', []))} layers, {sum(s.get('heads', []))} heads, {sum(s.get('ffn', []))} FFN"
+        log(f"pruned model ({label}): export + dynamic int8")
+        p32 = to_onnx(src, OnnxConfig(), work / f"{pruned.name}-fp32", force=True)
+        variants[f"Kiln pruned fp32 ({label})"] = p32
+        variants[f"Kiln pruned + int8 ({label})"] = quantize(p32, QuantConfig(method="dynamic-int8"),
+                                                            work / f"{pruned.name}-dyn", force=True)
     if args.peer_python:
         variants["peer: optimum O2 + avx512_vnni dynamic"] = peer_artifact(args.peer_python, ft, work)
 
