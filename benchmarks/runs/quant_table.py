@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.accuracy import measure_accuracy
 from benchmarks.runs.common import interleaved_latency, model_size_mb, write_results
 from calibration.datasets import load_labelled
 from calibration.readers import from_texts, sample_by_length
