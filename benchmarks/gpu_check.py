@@ -32,12 +32,18 @@ def main() -> None:
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py"], cwd=Path(__file__).parents[1])
     art = args.artifact
     if art is None:
-        from exporter.load import load_checkpoint
-        from exporter.onnx_export import OnnxConfig, to_onnx
+        try:
+            from exporter.load import load_checkpoint
+            from exporter.onnx_export import OnnxConfig, to_onnx
 
-        art = Path(tempfile.mkdtemp()) / "minilm-cls"
-        to_onnx(load_checkpoint("minilm", "text-classification"), OnnxConfig(), art)
-    import torch
+            art = Path(tempfile.mkdtemp()) / "minilm-cls"
+            to_onnx(load_checkpoint("minilm", "text-classification"), OnnxConfig(), art)
+        except (ImportError, KilnError) as e:
+            sys.exit(f"cannot export the default model here ({e}); export on a CPU machine and pass --artifact DIR")
+    try:
+        import torch
+    except ImportError:
+        sys.exit("gpu_check needs torch with CUDA")
 
     sync = torch.cuda.synchronize if torch.cuda.is_available() else None
     rows = []
