@@ -10,7 +10,7 @@ import click
 
 from exporter import cli_serving, cli_stages
 from exporter.cli_common import (
-    KilnGroup, backend_option, describe, device_option, emit, fail, force_option, json_option, progress,
+    KilnGroup, backend_option, describe, device_option, emit, force_option, json_option, progress,
 )
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError, DataError, KilnError
@@ -191,7 +191,7 @@ for command in (cli_stages.finetune, cli_stages.prune, cli_stages.quantize, cli_
                 cli_serving.serve, cli_serving.loadtest):
     main.add_command(command)
 
-__all__ = ["main", "fail"]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     main()

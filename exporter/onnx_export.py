@@ -39,25 +39,22 @@ class OnnxConfig:
             raise ConfigError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {self.opset!r}")
 
 
-class _Outputs:
-    """Wraps a transformers model so forward takes positional inputs and returns a tuple of tensors."""
+def positional_wrapper(model: Any, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> Any:
+    """Wrap a transformers model so forward takes positional inputs and returns a tuple of tensors."""
+    import torch
 
-    @staticmethod
-    def wrap(model: Any, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> Any:
-        import torch
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-        class Wrapped(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
+        def forward(self, *args: Any) -> tuple[Any, ...]:
+            out = self.model(**dict(zip(input_names, args)))
+            return tuple(out[n] for n in output_names)
 
-            def forward(self, *args: Any) -> tuple[Any, ...]:
-                out = self.model(**dict(zip(input_names, args)))
-                return tuple(out[n] for n in output_names)
-
-        # The TorchScript exporter restores the wrapper's training flag onto the whole model after
-        # export; a fresh Module is in training mode, which would leave dropout on in the reference.
-        return Wrapped().eval()
+    # The TorchScript exporter restores the wrapper's training flag onto the whole model after
+    # export; a fresh Module is in training mode, which would leave dropout on in the reference.
+    return Wrapped().eval()
 
 
 @contextlib.contextmanager
@@ -85,7 +82,7 @@ def export_graph(model: Any, artifact: Artifact, path: Path, opset: int) -> None
     with patched_for_export(model), warnings.catch_warnings():
         # the TorchScript exporter warns about every traced Python branch; validation below is the real check
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Outputs.wrap(model, names, outs), args, str(path), input_names=list(names),
+        torch.onnx.export(positional_wrapper(model, names, outs), args, str(path), input_names=list(names),
                           output_names=list(outs), dynamic_axes=axes, opset_version=opset,
                           dynamo=EXPORTER_DYNAMO, do_constant_folding=True)
 

@@ -85,9 +85,6 @@ class FeedReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
-    def rewind(self) -> None:
-        self._it = iter(self.feeds)
-
 
 def check_calibration(artifact: Artifact, feeds: Iterable[dict[str, np.ndarray]], fixed_shape: bool) -> list[dict[str, np.ndarray]]:
     out = []
