@@ -48,6 +48,8 @@ def main() -> None:
     sync = torch.cuda.synchronize if torch.cuda.is_available() else None
     rows = []
     for label, backend, device, opts in [("torch cuda fp16", "torch", "cuda", {"dtype": "float16"}),
+                                         ("torch cuda fp16 + CUDA graphs", "torch", "cuda",
+                                          {"dtype": "float16", "cuda_graphs": True}),
                                          ("torch cuda bf16", "torch", "cuda", {"dtype": "bfloat16"}),
                                          ("torch cuda fp32", "torch", "cuda", {}),
                                          ("onnxruntime cuda", "onnxruntime", "cuda", {}),

@@ -36,3 +36,18 @@ def test_onnxruntime_cuda_or_clear_error(tiny_onnx):
         return
     with open_session(tiny_onnx, device="cuda") as gpu, open_session(tiny_onnx) as cpu:
         np.testing.assert_allclose(gpu.run(feed())["logits"], cpu.run(feed())["logits"], atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_graphs_match_eager(tiny_onnx):
+    eager = run_torch(tiny_onnx, "cuda")
+    with open_session(tiny_onnx, backend="torch", device="cuda", cuda_graphs=True) as s:
+        first = s.run(feed(4, 11))["logits"]
+        replay = s.run(feed(4, 11))["logits"]  # the captured graph, replayed with new copies of the inputs
+    np.testing.assert_allclose(first, eager, atol=1e-4)
+    np.testing.assert_allclose(replay, eager, atol=1e-4)
+
+
+def test_cpu_twin_cuda_graphs_option_is_ignored_on_cpu(tiny_onnx):
+    with open_session(tiny_onnx, backend="torch", device="cpu", cuda_graphs=True) as s:
+        np.testing.assert_allclose(s.run(feed(4, 11))["logits"], run_torch(tiny_onnx, "cpu"), atol=1e-6)

@@ -63,7 +63,17 @@ class OnnxRuntimeSession(Session):
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            values = self._sess.run(self._output_names, feed)
+            if self.device == "cuda":
+                # IO binding: inputs go to the device once, outputs are allocated there and copied back once
+                io = self._sess.io_binding()
+                for name, value in feed.items():
+                    io.bind_cpu_input(name, value)
+                for name in self._output_names:
+                    io.bind_output(name, "cuda")
+                self._sess.run_with_iobinding(io)
+                values = io.copy_outputs_to_cpu()
+            else:
+                values = self._sess.run(self._output_names, feed)
         except Exception as e:  # e.g. a token id outside the vocabulary; onnxruntime's errors are untyped
             raise InputError(f"onnxruntime rejected the feed: {str(e).splitlines()[0][-300:]}") from None
         return dict(zip(self._output_names, values))

@@ -43,7 +43,9 @@ def model_dir_for(artifact: Artifact) -> Path:
 
 
 class TorchSession(Session):
-    """Options: dtype (float32|float16|bfloat16), threads, model (an already-loaded nn.Module to wrap)."""
+    """Options: dtype (float32|float16|bfloat16), threads, model (an already-loaded nn.Module to wrap),
+    cuda_graphs (on cuda: capture one CUDA graph per input shape into pre-allocated buffers, then replay;
+    at most max_graphs shapes, after which new shapes run eagerly)."""
 
     backend = "torch"
 
@@ -71,12 +73,42 @@ class TorchSession(Session):
 
     def _close(self) -> None:
         self._model = None
+        self.__dict__.pop("_graphs", None)
         if self.device == "cuda":
             self._torch.cuda.empty_cache()
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
+        if self.device == "cuda" and self.options.get("cuda_graphs"):
+            graphed = self._run_graph(feed)
+            if graphed is not None:
+                return graphed
         with torch.inference_mode():
             tensors = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
             out = self._model(**tensors)
         return {o.name: out[o.name].float().cpu().numpy() for o in self.outputs}
+
+    def _run_graph(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Replay a CUDA graph captured for this exact shape (capturing it on first sight)."""
+        torch = self._torch
+        graphs = self.__dict__.setdefault("_graphs", {})
+        key = tuple((k, v.shape) for k, v in sorted(feed.items()))
+        if key not in graphs:
+            if len(graphs) >= int(self.options.get("max_graphs", 32)):
+                return None
+            static_in = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(2):  # warm up outside the graph: lazy init must not be captured
+                    self._model(**static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                out = self._model(**static_in)
+            graphs[key] = (graph, static_in, {o.name: out[o.name] for o in self.outputs})
+        graph, static_in, static_out = graphs[key]
+        for k, v in feed.items():
+            static_in[k].copy_(torch.from_numpy(v), non_blocking=False)
+        graph.replay()
+        return {k: t.float().cpu().numpy() for k, t in static_out.items()}
