@@ -30,12 +30,15 @@ from runtime.errors import ConfigError
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--lora", is_flag=True, help="Train LoRA adapters (merged into the weights on save).")
 @click.option("--lora-r", default=8, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast for the forward passes.")
 @with_options(data_options)
 @force_option
 @json_option
 def finetune(source: str, data: str, eval_data: str | None, out: Path, epochs: int, max_steps: int | None, lr: float,
              batch_size: int, max_length: int, warmup_ratio: float, patience: int, eval_every: int | None, seed: int,
-             lora: bool, lora_r: int, text_column: str, label_column: str, force: bool, as_json: bool) -> None:
+             lora: bool, lora_r: int, device: str, bf16: bool, text_column: str, label_column: str, force: bool,
+             as_json: bool) -> None:
     """Fine-tune SOURCE (`minilm` or an HF checkpoint) as a text classifier."""
     from calibration.datasets import load_labelled
     from exporter.finetune import FinetuneConfig
@@ -45,7 +48,7 @@ def finetune(source: str, data: str, eval_data: str | None, out: Path, epochs: i
 
     config = FinetuneConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
                             warmup_ratio=warmup_ratio, patience=patience, eval_every=eval_every, seed=seed,
-                            lora=lora, lora_r=lora_r)
+                            lora=lora, lora_r=lora_r, device=device, bf16=bf16)
     check_output(out.absolute(), force)
     train = load_labelled(data, text_column, label_column)
     dev = load_labelled(eval_data, text_column, label_column, train.label_names) if eval_data else None

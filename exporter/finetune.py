@@ -32,8 +32,12 @@ class FinetuneConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
+    device: str = "cpu"
+    bf16: bool = False  # bfloat16 autocast (CUDA or CPU); weights and optimizer state stay fp32
 
     def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "max_length": self.max_length,
                     "lora_r": self.lora_r}
         for name, value in positive.items():
@@ -52,7 +56,8 @@ class FinetuneConfig:
 
     def loop(self) -> LoopConfig:
         return LoopConfig(self.epochs, self.max_steps, self.lr, self.batch_size, self.warmup_ratio,
-                          self.weight_decay, self.grad_clip, self.seed, self.patience, self.eval_every)
+                          self.weight_decay, self.grad_clip, self.seed, self.patience, self.eval_every,
+                          device=self.device, bf16=self.bf16)
 
 
 def with_lora(model: Any, cfg: FinetuneConfig) -> Any:

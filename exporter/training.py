@@ -15,6 +15,7 @@ import numpy as np
 from benchmarks.accuracy import classification_metrics
 from calibration.datasets import LabelledTexts
 from exporter.stage import Progress, quiet
+from runtime.errors import ConfigError
 
 MEGABATCH = 50  # batches per length-sorted group: little padding, still a shuffled order
 
@@ -101,10 +102,12 @@ class LoopConfig:
     eval_every: int | None
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
+    device: str = "cpu"
+    bf16: bool = False  # bfloat16 autocast for forward passes (weights and optimizer stay fp32)
 
 
 def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequence[str], cfg: LoopConfig,
-           teacher: Any = None, progress: Progress = quiet, device: str = "cpu", show_bar: bool = True) -> TrainResult:
+           teacher: Any = None, progress: Progress = quiet, show_bar: bool = True) -> TrainResult:
     """Train `model` in place; at the end it holds the best weights seen on `dev` (or the last)."""
     import torch
     import torch.nn.functional as F
@@ -113,6 +116,13 @@ def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequenc
 
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
+    device = cfg.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16)
     lengths = [len(x) for x in train.ids]
     per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     total = cfg.max_steps or per_epoch * cfg.epochs  # --max-steps overrides --epochs
@@ -136,11 +146,12 @@ def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequenc
         for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
             feed = collate(train, idx, input_names, device)
             target = labels_all[idx].to(device)
-            logits = model(**feed).logits
+            with autocast:
+                logits = model(**feed).logits.float()
             loss = F.cross_entropy(logits, target)
             if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(**feed).logits
+                with torch.no_grad(), autocast:
+                    t_logits = teacher(**feed).logits.float()
                 T = cfg.distill_temperature
                 kd = F.kl_div(F.log_softmax(logits / T, -1), F.softmax(t_logits / T, -1), reduction="batchmean") * T * T
                 loss = cfg.distill_alpha * kd + (1 - cfg.distill_alpha) * loss
@@ -174,6 +185,6 @@ def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequenc
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+    model.eval().to("cpu")  # saved and exported from the CPU
     result.steps, result.seconds = step, round(time.perf_counter() - started, 1)
     return result

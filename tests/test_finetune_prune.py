@@ -40,7 +40,20 @@ def test_finetune_learns_and_records_lineage(tuned):
         np.testing.assert_allclose(a.logits(texts), b.logits(texts), atol=1e-4)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_bf16_autocast_training_step(tiny_bert, data, tmp_path, device):
+    """The device path: a few bf16-autocast steps (on CUDA where there is one; the CPU twin always runs)."""
+    cfg = FinetuneConfig(max_steps=3, lr=1e-3, batch_size=16, max_length=16, device=device, bf16=True, patience=None)
+    art = finetune(load_checkpoint(tiny_bert, "text-classification"), data[0], data[1], cfg, tmp_path / "ft", show_bar=False)
+    step = art.lineage[-1]
+    assert step.metrics["steps"] == 3 and step.config["bf16"] is True and step.config["device"] == device
+    with TextClassifier(art) as clf:  # saved from the CPU in fp32, loads and runs anywhere
+        assert len(clf.predict(["the film was great"])) == 1
+
+
 def test_finetune_config_errors():
+    with pytest.raises(ConfigError, match="device must be cpu or cuda, got 'tpu'"):
+        FinetuneConfig(device="tpu")
     with pytest.raises(ConfigError, match="lr must be in \\(0, 1\\), got 5"):
         FinetuneConfig(lr=5)
     with pytest.raises(ConfigError, match="epochs must be a positive integer, got 0"):
