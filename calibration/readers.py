@@ -6,6 +6,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from runtime.pipeline import pad_rows
+
 # Several batch sizes and lengths: a dynamic-axes bug (a dim frozen at trace time) shows up as a
 # failure on at least one of them. The last rows of each batch are padded.
 VALIDATION_SHAPES: tuple[tuple[int, int], ...] = ((1, 7), (4, 33), (8, 128))
@@ -79,14 +81,7 @@ def from_texts(tokenizer: Any, texts: Sequence[str], max_length: int, input_name
     texts = list(texts)
     for start in range(0, len(texts), batch_size):
         encs = tokenizer.encode_batch(texts[start:start + batch_size])
-        length = pad_to or max(len(e.ids) for e in encs)
-        ids = np.zeros((len(encs), length), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        types = np.zeros_like(ids)
-        for row, e in enumerate(encs):
-            k = min(len(e.ids), length)
-            ids[row, :k], mask[row, :k], types[row, :k] = e.ids[:k], 1, e.type_ids[:k]
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feed = pad_rows([(e.ids, e.type_ids) for e in encs], pad_to or max(len(e.ids) for e in encs))
         yield {k: feed[k] for k in input_names}
 
 

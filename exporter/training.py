@@ -16,6 +16,7 @@ from benchmarks.accuracy import classification_metrics
 from calibration.datasets import LabelledTexts
 from exporter.stage import Progress, quiet
 from runtime.errors import ConfigError
+from runtime.pipeline import pad_rows
 
 MEGABATCH = 50  # batches per length-sorted group: little padding, still a shuffled order
 
@@ -57,14 +58,7 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
 def collate(enc: Encoded, idx: Sequence[int], input_names: Sequence[str], device: str = "cpu") -> dict[str, Any]:
     import torch
 
-    length = max(len(enc.ids[i]) for i in idx)
-    ids = np.zeros((len(idx), length), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    types = np.zeros_like(ids)
-    for row, i in enumerate(idx):
-        k = len(enc.ids[i])
-        ids[row, :k], mask[row, :k], types[row, :k] = enc.ids[i], 1, enc.types[i]
-    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    feed = pad_rows([(enc.ids[i], enc.types[i]) for i in idx], max(len(enc.ids[i]) for i in idx))
     return {k: torch.from_numpy(feed[k]).to(device) for k in input_names}
 
 

@@ -25,6 +25,17 @@ class Prediction:
         return {"label": self.label, "score": self.score, "scores": self.scores}
 
 
+def pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """(token ids, type ids) per row -> input_ids / attention_mask / token_type_ids, padded (or cut) to length."""
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    types = np.zeros((len(rows), length), dtype=np.int64)
+    for row, (tok, typ) in enumerate(rows):
+        k = min(len(tok), length)
+        ids[row, :k], mask[row, :k], types[row, :k] = tok[:k], 1, typ[:k]
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
 def load_tokenizer(artifact: Artifact) -> Any:
     try:
         from tokenizers import Tokenizer
@@ -81,16 +92,7 @@ class Pipeline:
         length = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
         length = min(length, int(self.artifact.meta.get("max_length", length)))
         length = max(length, longest)
-        n = len(encodings)
-        ids = np.full((n, length), int(self.artifact.meta.get("pad_token_id", 0)), dtype=np.int64)
-        mask = np.zeros((n, length), dtype=np.int64)
-        types = np.zeros((n, length), dtype=np.int64)
-        for row, e in enumerate(encodings):
-            k = len(e.ids)
-            ids[row, :k] = e.ids
-            mask[row, :k] = 1
-            types[row, :k] = e.type_ids
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feed = pad_rows([(e.ids, e.type_ids) for e in encodings], length, int(self.artifact.meta.get("pad_token_id", 0)))
         return {k: v for k, v in feed.items() if k in self._input_names}
 
     def batches(self, encodings: Sequence[Any]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
