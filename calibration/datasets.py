@@ -55,9 +55,9 @@ def decode(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"data file {str(path)!r} does not exist") from None
+        raise DataError(f"data file {path} does not exist") from None
     except IsADirectoryError:
-        raise DataError(f"data file {str(path)!r} is a directory") from None
+        raise DataError(f"data file {path} is a directory") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -68,9 +68,10 @@ def decode(path: Path) -> str:
     return text.lstrip("\ufeff")
 
 
-def read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[int, str, Any]]:
-    """(line number, text, raw label) per record."""
+def read_rows(path: Path, text_column: str, label_column: str | None) -> list[tuple[int, str, Any]]:
+    """(line number, text, raw label) per record; label_column None reads texts only (label None)."""
     text = decode(path)
+    wanted = [c for c in (text_column, label_column) if c is not None]
     rows = []
     if path.suffix == ".jsonl":
         for n, line in enumerate(text.splitlines(), 1):
@@ -81,21 +82,43 @@ def read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[int
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}, line {n}: expected a JSON object with {text_column!r} and {label_column!r}")
-            for col in (text_column, label_column):
+                raise DataError(f"{path}, line {n}: expected a JSON object with {' and '.join(map(repr, wanted))}")
+            for col in wanted:
                 if col not in obj:
                     raise DataError(f"{path}, line {n}: no field {col!r}; it has {sorted(obj)}")
-            rows.append((n, obj[text_column], obj[label_column]))
+            rows.append((n, obj[text_column], obj[label_column] if label_column else None))
         return rows
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
     columns = reader.fieldnames or []
-    for col in (text_column, label_column):
+    for col in wanted:
         if col not in columns:
             raise DataError(f"{path} has no column {col!r}; its columns are {columns} "
                             f"(choose with --text-column / --label-column)")
     for record in reader:
-        rows.append((reader.line_num, record.get(text_column), record.get(label_column)))
+        rows.append((reader.line_num, record.get(text_column), record.get(label_column) if label_column else None))
     return rows
+
+
+def checked_texts(path: Path, rows: list[tuple[int, str, Any]], text_column: str) -> list[str]:
+    if not rows:
+        raise DataError(f"{path} has a header but no rows")
+    for n, text, _ in rows:
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, line {n}: row has no text in column {text_column!r}")
+    return [text for _, text, _ in rows]
+
+
+def load_texts(source: str | Path, text_column: str = "text", lines: bool | None = None) -> list[str]:
+    """Unlabelled texts: one per non-empty line (lines=True, or a .txt file), or a CSV/TSV/JSONL text column."""
+    path, _ = resolve(source)
+    if lines or (lines is None and path.suffix == ".txt"):
+        texts = [t for t in decode(path).splitlines() if t.strip()]
+        if not texts:
+            raise DataError(f"{path} has no texts")
+        return texts
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported data format {path.suffix or '(no suffix)'!r}; use .txt, {', '.join(SUFFIXES)}")
+    return checked_texts(path, read_rows(path, text_column, None), text_column)
 
 
 def load_labelled(source: str | Path, text_column: str = "text", label_column: str = "label",
@@ -105,15 +128,11 @@ def load_labelled(source: str | Path, text_column: str = "text", label_column: s
     if path.suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported data format {path.suffix or '(no suffix)'!r}; use {', '.join(SUFFIXES)}")
     rows = read_rows(path, text_column, label_column)
-    if not rows:
-        raise DataError(f"{path} has a header but no rows")
-    texts, raw_labels = [], []
-    for n, text, label in rows:
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}, line {n}: row has no text in column {text_column!r}")
+    texts = checked_texts(path, rows, text_column)
+    raw_labels = []
+    for n, _, label in rows:
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(f"{path}, line {n}: row has no label in column {label_column!r}")
-        texts.append(text)
         raw_labels.append(str(label).strip())
     names = list(label_names or named_labels or [])
     if not names:

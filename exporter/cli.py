@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 from pathlib import Path
 
 import click
@@ -13,7 +12,7 @@ from exporter.cli_common import (
     KilnGroup, backend_option, describe, device_option, emit, force_option, json_option, progress,
 )
 from runtime.artifact import Artifact
-from runtime.errors import ConfigError, DataError, KilnError
+from runtime.errors import ConfigError, KilnError
 
 
 @click.group(cls=KilnGroup, name="kiln")
@@ -62,29 +61,13 @@ def inspect(artifact: Path, verify: bool, as_json: bool) -> None:
 
 
 def read_texts(texts: tuple[str, ...], file: Path | None, csv_path: Path | None, column: str) -> list[str]:
-    given = sum(bool(x) for x in (texts, file, csv_path))
-    if given != 1:
+    from calibration.datasets import load_texts
+
+    if sum(bool(x) for x in (texts, file, csv_path)) != 1:
         raise ConfigError("give exactly one of: TEXT arguments, --file lines.txt, or --csv data.csv")
     if texts:
         return list(texts)
-    path = file or csv_path
-    assert path is not None
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    if file:
-        lines = [line for line in raw.splitlines() if line.strip()]
-    else:
-        reader = csv.DictReader(raw.splitlines())
-        if not reader.fieldnames or column not in reader.fieldnames:
-            raise DataError(f"{path} has no column {column!r}; its columns are {reader.fieldnames}")
-        lines = [row[column] for row in reader]
-    if not lines:
-        raise DataError(f"{path} has no texts")
-    return lines
+    return load_texts(file, lines=True) if file else load_texts(csv_path, column, lines=False)  # type: ignore[arg-type]
 
 
 @main.command()

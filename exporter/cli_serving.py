@@ -56,11 +56,11 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
              max_batch_size: int, max_delay_ms: float, max_queue: int, as_json: bool) -> None:
     """Load a running server (TARGET = http://host:port) or an in-process Batcher (TARGET = an artifact)."""
     from benchmarks.load import batcher_target, closed_loop, http_target, open_loop
-    from calibration.datasets import load_labelled
+    from calibration.datasets import load_texts
     from runtime.batching import Batcher
     from runtime.pipeline import TextClassifier
 
-    texts = load_labelled(data, text_column).texts
+    texts = load_texts(data, text_column)
     clf = batcher = None
     if "://" in target:
         make = http_target(target)

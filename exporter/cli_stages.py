@@ -143,7 +143,7 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
              max_accuracy_drop: float | None, eval_data: str | None, report: bool, text_column: str, label_column: str,
              force: bool, as_json: bool) -> None:
     """Quantize an ONNX artifact (int8 dynamic/static, fp16), validated and optionally accuracy-guarded."""
-    from calibration.datasets import load_labelled
+    from calibration.datasets import load_labelled, load_texts
     from calibration.readers import from_texts, sample_by_length
     from exporter.quantize import QuantConfig
     from exporter.quantize import quantize as run_quantize
@@ -163,8 +163,7 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
     calibration = None
     if calib_data:
         tok = load_tokenizer(art)
-        texts = load_labelled(calib_data, text_column, label_column).texts if not calib_data.endswith(".txt") else \
-            [t for t in Path(calib_data).read_text().splitlines() if t.strip()]
+        texts = load_texts(calib_data, text_column)
         max_len = int(art.meta.get("max_length", 128))
         lengths = [len(e.ids) for e in tok.encode_batch(texts)]
         chosen = sample_by_length(texts, lengths, calib_samples)

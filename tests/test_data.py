@@ -70,3 +70,19 @@ def test_built_dataset_is_byte_identical_to_shared(tmp_path):
     for split in ("train", "dev", "test"):
         assert (built / f"{split}.csv").read_bytes() == (SHARED_DATA / f"{split}.csv").read_bytes(), split
     assert sorted(p.name for p in tmp_path.iterdir()) == ["movie-snippets"]  # no staging left behind
+
+
+def test_unlabelled_texts(tmp_path):
+    from calibration.datasets import load_texts
+
+    (tmp_path / "a.csv").write_text("text\ngood film\nbad film\n")  # no label column needed
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    (tmp_path / "a.jsonl").write_text('{"sentence": "x"}\n')
+    assert load_texts(tmp_path / "a.csv") == ["good film", "bad film"]
+    assert load_texts(tmp_path / "a.txt") == ["one", "two"]
+    assert load_texts(tmp_path / "a.jsonl", "sentence") == ["x"]
+    with pytest.raises(DataError, match="has no column 'sentence'; its columns are \\['text'\\]"):
+        load_texts(tmp_path / "a.csv", "sentence")
+    (tmp_path / "e.txt").write_text("\n\n")
+    with pytest.raises(DataError, match="is empty"):
+        load_texts(tmp_path / "e.txt")
