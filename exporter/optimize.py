@@ -9,7 +9,7 @@ from pathlib import Path
 from calibration.readers import validation_feeds
 from exporter.compare import compare, tolerance_for
 from exporter.onnx_export import fuse_graph
-from exporter.stage import Progress, atomic_output, finish, quiet
+from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError
 from runtime.session import open_session
@@ -21,9 +21,8 @@ def optimize(artifact: Artifact, out: str | Path, force: bool = False, progress:
                           f"{artifact.meta.get('precision') or artifact.format}")
     started = time.perf_counter()
     with atomic_output(out, force) as staged:
-        for f in artifact.path.iterdir():
-            if f.is_file() and f.name != "manifest.json":
-                shutil.copy2(f, staged / f.name)
+        copy_sidecars(artifact, staged)
+        shutil.copy2(artifact.model_file, staged / artifact.model_file.name)
         progress("fusing with onnxruntime's transformer optimizer")
         fused = fuse_graph(staged / artifact.model_file.name, artifact.meta)
         new = Artifact(staged, "onnx", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage, artifact.meta)

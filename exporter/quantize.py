@@ -17,7 +17,7 @@ from calibration.datasets import LabelledTexts
 from calibration.readers import validation_feeds
 from exporter.compare import compare, tolerance_for
 from exporter.onnx_export import fuse_graph
-from exporter.stage import Progress, atomic_output, finish, quiet
+from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError, InputError, ValidationError
 from runtime.session import open_session, validate_feed
@@ -237,9 +237,7 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         calib = check_calibration(artifact, calibration, fixed_shape=config.calibrator != "minmax")
     started = time.perf_counter()
     with atomic_output(out, force) as staged:
-        for f in artifact.path.iterdir():  # tokenizer and friends travel with the model
-            if f.is_file() and f.name not in ("manifest.json", artifact.model_file.name):
-                shutil.copy2(f, staged / f.name)
+        copy_sidecars(artifact, staged)
         pre = staged / "model.fp32.onnx"
         progress("preparing the graph" + (" (fusing attention/LayerNorm/Gelu)" if config.optimize else ""))
         fused = prepare(artifact.model_file, pre, artifact.meta, config.optimize)

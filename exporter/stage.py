@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -53,6 +54,13 @@ def atomic_output(out: str | Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
+def copy_sidecars(artifact: Artifact, staged: Path) -> None:
+    """Copy everything but the manifest and the model file (tokenizer, label files, range caches)."""
+    for f in artifact.path.iterdir():
+        if f.is_file() and f.name not in ("manifest.json", artifact.model_file.name):
+            shutil.copy2(f, staged / f.name)
+
+
 def finish(staged: Path, final: Path, template: Artifact, previous: Artifact, stage: str,
            config: dict[str, Any], started: float, metrics: dict[str, Any]) -> Artifact:
     """Hash the staged files, append a Step, write the manifest; return the artifact at its final path."""
@@ -65,4 +73,4 @@ def finish(staged: Path, final: Path, template: Artifact, previous: Artifact, st
         path=staged, format=template.format, task=template.task, inputs=template.inputs,
         outputs=template.outputs, lineage=(*previous.lineage, step), meta=template.meta, files=files)
     staged_art.write_manifest()
-    return Artifact(**{**staged_art.__dict__, "path": Path(final).absolute()})
+    return dataclasses.replace(staged_art, path=Path(final).absolute())

@@ -62,6 +62,7 @@ class TorchSession(Session):
         if self.options.get("threads"):
             torch.set_num_threads(int(self.options["threads"]))
         self._torch = torch
+        self._graphs: dict[Any, Any] = {}  # input shapes -> (CUDA graph, static inputs, static outputs)
         self._model = self.options.get("model")
         if self._model is None:
             transformers.utils.logging.disable_progress_bar()
@@ -73,7 +74,7 @@ class TorchSession(Session):
 
     def _close(self) -> None:
         self._model = None
-        self.__dict__.pop("_graphs", None)
+        self._graphs = {}
         if self.device == "cuda":
             self._torch.cuda.empty_cache()
 
@@ -91,7 +92,7 @@ class TorchSession(Session):
     def _run_graph(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Replay a CUDA graph captured for this exact shape (capturing it on first sight)."""
         torch = self._torch
-        graphs = self.__dict__.setdefault("_graphs", {})
+        graphs = self._graphs
         key = tuple((k, v.shape) for k, v in sorted(feed.items()))
         if key not in graphs:
             if len(graphs) >= int(self.options.get("max_graphs", 32)):
