@@ -38,7 +38,7 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
         raise ConfigError(f"kiln serve serves text-classification artifacts; {artifact} is {art.task!r}")
     import_serving()
     progress(f"serving {art.path} on http://{host}:{port} (batch <= {max_batch_size}, delay <= {max_delay_ms} ms)")
-    run_server(art.path, config)
+    run_server(art, config)
 
 
 @click.command()
@@ -59,6 +59,7 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
     from calibration.datasets import load_texts
     from runtime.batching import Batcher
     from runtime.pipeline import TextClassifier
+    from runtime.server import length_bucket
 
     texts = load_texts(data, text_column)
     clf = batcher = None
@@ -66,7 +67,7 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
         make = http_target(target)
     else:
         clf = TextClassifier(target, batch_size=max_batch_size)
-        batcher = Batcher(clf.predict_encoded, max_batch_size, max_delay_ms, max_queue, bucket=lambda e: len(e.ids) // 16)
+        batcher = Batcher(clf.predict_encoded, max_batch_size, max_delay_ms, max_queue, bucket=length_bucket)
         make = batcher_target(batcher, clf.encode)
     try:
         progress(f"{'open loop at ' + str(rate) + '/s' if rate else f'{concurrency} closed-loop clients'} "

@@ -23,6 +23,11 @@ from runtime.pipeline import TextClassifier
 BUCKET_TOKENS = 32  # requests whose token counts fall in the same 32-token band share a batch
 
 
+def length_bucket(encoding: Any) -> int:
+    """The Batcher bucket of one tokenized input: its 32-token band."""
+    return len(encoding.ids) // BUCKET_TOKENS
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
@@ -69,10 +74,10 @@ class HTTPError(Exception):
 class Service:
     """The model, its batcher and its metrics; loaded in the background so /healthz can say 'starting'."""
 
-    def __init__(self, artifact: str | Path, config: ServeConfig) -> None:
+    def __init__(self, artifact: str | Path | Artifact, config: ServeConfig) -> None:
         _, _, prom = import_serving()
-        self.artifact, self.config = artifact, config
-        self.artifact_format = Artifact.load(artifact).format
+        self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+        self.config = config
         self.ready = False
         self.error: str | None = None
         self.clf: TextClassifier | None = None
@@ -90,7 +95,7 @@ class Service:
     def load(self) -> None:
         try:
             options: dict[str, Any] = {"threads": self.config.threads} if self.config.threads else {}
-            if self.config.backend in ("auto", "onnxruntime") and self.artifact_format == "onnx":
+            if self.config.backend in ("auto", "onnxruntime") and self.artifact.format == "onnx":
                 # spinning intra-op threads would steal the cores the event loop and tokenizer need
                 options["spinning"] = False
             clf = TextClassifier(self.artifact, backend=self.config.backend, device=self.config.device,
@@ -99,7 +104,7 @@ class Service:
                 clf.predict(["warm up the model"] * min(8, self.config.max_batch_size))
             self.clf = clf
             self.batcher = Batcher(clf.predict_encoded, self.config.max_batch_size, self.config.max_delay_ms,
-                                   self.config.max_queue, bucket=lambda e: len(e.ids) // BUCKET_TOKENS,
+                                   self.config.max_queue, bucket=length_bucket,
                                    timeout_s=self.config.request_timeout_s, on_batch=self._on_batch)
             self.ready = True
         except Exception as e:  # reported by /healthz; the process stays up for inspection
@@ -197,7 +202,7 @@ def create_app(service: Service) -> Any:
                              Route("/metrics", metrics)], lifespan=lifespan)
 
 
-def serve(artifact: str | Path, config: ServeConfig) -> None:
+def serve(artifact: str | Path | Artifact, config: ServeConfig) -> None:
     """Run until SIGINT/SIGTERM; uvicorn then stops accepting, finishes in-flight requests, and we drain."""
     _, uvicorn, _ = import_serving()
     service = Service(artifact, config)
