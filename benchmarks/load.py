@@ -3,26 +3,29 @@
 closed loop: N clients, each sends its next request when the previous one answers.
 open loop: Poisson arrivals at a fixed rate, whatever the server does; latency is measured from the
 scheduled send time, so a slow server cannot hide its queueing (no coordinated omission).
+
+The generator is one asyncio loop (uvloop when installed) with pre-encoded requests and one keep-alive
+connection per in-flight request: on a small machine it shares the cores with the server, so it must
+cost little. Its own CPU time is reported (`client_cpu_pct`) so a reader can see what it took.
 """
 
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
 import random
-import threading
+import resource
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
 
 from runtime.errors import ConfigError
 
-Target = Callable[[str], str]  # send one text; return "ok" or an error kind ("503", "timeout", ...)
+Target = Callable[[str], Awaitable[str]]  # send one text; return "ok" or an error kind ("503", "timeout", ...)
 
 
 @dataclass
@@ -33,6 +36,11 @@ class LoadResult:
     outcomes: Counter = field(default_factory=Counter)
     ok_latencies_ms: list[float] = field(default_factory=list)
     error_latencies_ms: list[float] = field(default_factory=list)
+    client_cpu_s: float = 0.0
+
+    def record(self, outcome: str, ms: float) -> None:
+        self.outcomes[outcome] += 1
+        (self.ok_latencies_ms if outcome == "ok" else self.error_latencies_ms).append(ms)
 
     def summary(self) -> dict[str, Any]:
         ok = np.asarray(self.ok_latencies_ms) if self.ok_latencies_ms else np.zeros(1)
@@ -46,33 +54,75 @@ class LoadResult:
             "p50_ms": round(float(np.percentile(ok, 50)), 2), "p90_ms": round(float(np.percentile(ok, 90)), 2),
             "p99_ms": round(float(np.percentile(ok, 99)), 2), "max_ms": round(float(ok.max()), 2),
             "error_p99_ms": round(float(np.percentile(err, 99)), 2) if err is not None else None,
+            "client_cpu_pct": round(100 * self.client_cpu_s / self.duration_s, 1),
         }
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs pre-encoded requests (responses carry Content-Length)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, request: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length, close = None, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        if length is None:
+            raise ConnectionError("response without Content-Length")
+        await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 def http_target(url: str, timeout_s: float = 30.0) -> Callable[[], Target]:
-    """A factory of per-thread senders (one keep-alive connection each) to POST /v1/predict."""
+    """A factory of senders, each with its own keep-alive connection, that POST one text to /v1/predict."""
     parsed = urlparse(url)
     if parsed.scheme != "http" or not parsed.hostname:
         raise ConfigError(f"url must look like http://127.0.0.1:8000, got {url!r}")
     path = (parsed.path.rstrip("/") or "") + "/v1/predict"
+    host, port = parsed.hostname, parsed.port or 80
+    encoded: dict[str, bytes] = {}
+
+    def request_for(text: str) -> bytes:
+        if text not in encoded:
+            body = json.dumps({"inputs": [text]}).encode()
+            encoded[text] = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        return encoded[text]
 
     def make() -> Target:
-        local = threading.local()
+        conn = _Connection(host, port)
 
-        def send(text: str) -> str:
-            conn = getattr(local, "conn", None)
-            if conn is None:
-                conn = local.conn = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=timeout_s)
+        async def send(text: str) -> str:
             try:
-                conn.request("POST", path, json.dumps({"inputs": [text]}), {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                resp.read()
-                return "ok" if resp.status == 200 else str(resp.status)
-            except TimeoutError:
-                local.conn = None
+                status = await asyncio.wait_for(conn.post(request_for(text)), timeout_s)
+                return "ok" if status == 200 else str(status)
+            except asyncio.TimeoutError:
+                conn.close()
                 return "timeout"
-            except (OSError, http.client.HTTPException) as e:
-                local.conn = None
+            except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+                conn.close()
                 return type(e).__name__
         return send
     return make
@@ -84,9 +134,9 @@ def batcher_target(batcher: Any, encode: Callable[[list[str]], list[Any]]) -> Ca
     from runtime.errors import OverloadError
 
     def make() -> Target:
-        def send(text: str) -> str:
+        async def send(text: str) -> str:
             try:
-                batcher.submit(encode([text])[0]).result()
+                await batcher.asubmit(encode([text])[0])
                 return "ok"
             except OverloadError:
                 return "overload"
@@ -96,63 +146,76 @@ def batcher_target(batcher: Any, encode: Callable[[list[str]], list[Any]]) -> Ca
     return make
 
 
+def _run(coro: Awaitable[LoadResult]) -> LoadResult:
+    try:
+        import uvloop  # the load generator should cost the shared cores as little as it can
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    result = runner(coro)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    result.client_cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return result
+
+
 def closed_loop(make_target: Callable[[], Target], texts: Sequence[str], concurrency: int, duration_s: float,
                 seed: int = 0) -> LoadResult:
     if concurrency < 1 or duration_s <= 0:
         raise ConfigError(f"concurrency must be >= 1 and duration > 0, got {concurrency}, {duration_s}")
     result = LoadResult(f"closed-loop x{concurrency}", duration_s)
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + duration_s
 
-    def client(i: int) -> None:
+    async def client(i: int, stop_at: float) -> None:
         send, rng = make_target(), random.Random(seed + i)
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            with lock:
-                result.sent += 1
-            outcome = send(rng.choice(texts))
-            ms = (time.perf_counter() - t0) * 1000
-            with lock:
-                result.outcomes[outcome] += 1
-                (result.ok_latencies_ms if outcome == "ok" else result.error_latencies_ms).append(ms)
+            result.sent += 1
+            outcome = await send(rng.choice(texts))
+            result.record(outcome, (time.perf_counter() - t0) * 1000)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result.duration_s = time.perf_counter() - started
-    return result
+    async def main() -> LoadResult:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i, started + duration_s) for i in range(concurrency)))
+        result.duration_s = time.perf_counter() - started
+        return result
+
+    return _run(main())
 
 
 def open_loop(make_target: Callable[[], Target], texts: Sequence[str], rate: float, duration_s: float,
               seed: int = 0, max_in_flight: int = 512) -> LoadResult:
+    """Poisson arrivals; each request takes an idle sender (connection) or opens one, up to max_in_flight."""
     if rate <= 0 or duration_s <= 0:
         raise ConfigError(f"rate and duration must be > 0, got {rate}, {duration_s}")
     result = LoadResult(f"open-loop {rate:g}/s", duration_s)
-    lock = threading.Lock()
     rng = random.Random(seed)
-    local = threading.local()
 
-    def one(text: str, scheduled: float) -> None:
-        if not hasattr(local, "send"):  # one sender (one connection) per pool thread
-            local.send = make_target()
-        outcome = local.send(text)
-        ms = (time.perf_counter() - scheduled) * 1000  # from when it should have been sent
-        with lock:
-            result.outcomes[outcome] += 1
-            (result.ok_latencies_ms if outcome == "ok" else result.error_latencies_ms).append(ms)
+    async def main() -> LoadResult:
+        idle: list[Target] = []
+        slots = asyncio.Semaphore(max_in_flight)
+        tasks = set()
 
-    started = time.perf_counter()
-    next_at = started
-    with ThreadPoolExecutor(max_workers=max_in_flight) as pool:
+        async def one(text: str, scheduled: float) -> None:
+            async with slots:  # beyond max_in_flight the wait counts as latency: it is measured from `scheduled`
+                send = idle.pop() if idle else make_target()
+                outcome = await send(text)
+                idle.append(send)
+            result.record(outcome, (time.perf_counter() - scheduled) * 1000)
+
+        started = time.perf_counter()
+        next_at = started
         while next_at < started + duration_s:
             delay = next_at - time.perf_counter()
             if delay > 0:
-                time.sleep(delay)
+                await asyncio.sleep(delay)
             result.sent += 1
-            pool.submit(one, rng.choice(texts), next_at)
+            task = asyncio.create_task(one(rng.choice(texts), next_at))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
             next_at += rng.expovariate(rate)
-    result.duration_s = time.perf_counter() - started
-    return result
+        if tasks:
+            await asyncio.wait(tasks)
+        result.duration_s = time.perf_counter() - started
+        return result
+
+    return _run(main())

@@ -152,3 +152,30 @@ def test_serve_rejects_bad_artifact(tmp_path):
 
     r = CliRunner().invoke(main, ["serve", str(tmp_path / "missing")])
     assert r.exit_code != 0 and r.output.startswith("error: artifact") and "does not exist" in r.output
+
+
+def test_http_loadtest_closed_loop_counts_every_request(server):
+    from benchmarks.load import closed_loop, http_target
+
+    r = closed_loop(http_target(f"http://127.0.0.1:{server.port}"), ["good film", "a dull, long film"], 4, 1.0)
+    s = r.summary()
+    assert s["sent"] == s["answered"] == s["ok"] > 0 and s["lost"] == 0 and s["errors"] == {}
+    assert 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"] and s["client_cpu_pct"] > 0
+
+
+def test_http_loadtest_open_loop_overload_gets_503_not_lost(tiny_onnx):
+    from benchmarks.load import http_target, open_loop
+
+    # one batch of 8 per 300 ms and room for 4 waiting: most of 200/s must be refused, quickly, none lost
+    with ThreadServer(tiny_onnx.path, max_queue=4, max_delay_ms=300, max_batch_size=8) as s:
+        r = open_loop(http_target(f"http://127.0.0.1:{s.port}"), ["good film"], 200, 1.0).summary()
+    assert r["lost"] == 0 and r["sent"] == r["answered"] > 100
+    assert r["ok"] > 0 and r["errors"].get("503", 0) > r["ok"] and set(r["errors"]) == {"503"}
+    assert r["error_p99_ms"] < 250
+
+
+def test_http_loadtest_reports_connection_errors():
+    from benchmarks.load import closed_loop, http_target
+
+    r = closed_loop(http_target(f"http://127.0.0.1:{free_port()}"), ["x"], 2, 0.3).summary()
+    assert r["ok"] == 0 and r["lost"] == 0 and r["errors"] and "ConnectionRefusedError" in r["errors"]
