@@ -13,6 +13,9 @@ from runtime.errors import ArtifactError, BackendError, ConfigError, InputError,
 from runtime.session import Session, open_session
 
 PAD_MULTIPLE = 8  # pad each batch up to a multiple of 8 tokens: few distinct shapes, little padding
+# A model call's fixed cost in token-equivalents, for deciding when a mixed-length group is better
+# split than padded (benchmarks/results/batch-scaling.md: padding is what costs most on a CPU).
+CALL_OVERHEAD_TOKENS = 32.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,28 @@ def pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], length: int, p
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
+def split_by_padding(padded: Sequence[int], max_batch: int, overhead: float) -> list[tuple[int, int]]:
+    """Cut rows sorted longest-first into consecutive groups of at most max_batch rows, minimizing the
+    tokens computed: each group costs `overhead` (a model call's fixed cost, in token-equivalents) plus
+    rows x the group's padded length. Padding a 12-token sentence to 56 costs more than a second call,
+    so a group of mixed lengths is split where that pays; overhead=inf gives plain chunks of max_batch."""
+    n = len(padded)
+    if overhead == float("inf"):
+        return [(s, min(s + max_batch, n)) for s in range(0, n, max_batch)]
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest cost of rows [0, j)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_batch), j):  # group [i, j) is padded to padded[i], its longest
+            cost = best[i] + overhead + (j - i) * padded[i]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append((cut[j], j))
+        j = cut[j]
+    return groups[::-1]
+
+
 def load_tokenizer(artifact: Artifact) -> Any:
     try:
         from tokenizers import Tokenizer
@@ -56,7 +81,8 @@ class Pipeline:
     tasks: tuple[str, ...] = ()
 
     def __init__(self, artifact: Artifact | str | Path, backend: str = "auto", device: str = "cpu",
-                 batch_size: int = 32, session: Session | None = None, **options: Any) -> None:
+                 batch_size: int = 32, session: Session | None = None,
+                 call_overhead_tokens: float = CALL_OVERHEAD_TOKENS, **options: Any) -> None:
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         if self.artifact.task not in self.tasks:
             raise TaskError(
@@ -65,6 +91,7 @@ class Pipeline:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        self.call_overhead_tokens = call_overhead_tokens
         self.tokenizer = load_tokenizer(self.artifact)
         self.session = session or open_session(self.artifact, backend=backend, device=device, **options).open()
         self._input_names = {s.name for s in self.session.inputs}
@@ -96,10 +123,11 @@ class Pipeline:
         return {k: v for k, v in feed.items() if k in self._input_names}
 
     def batches(self, encodings: Sequence[Any]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
-        """Yield (original indices, feed), longest-first groups of similar length."""
+        """Yield (original indices, feed): longest-first groups of similar length (see split_by_padding)."""
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        padded = [-(-len(encodings[i].ids) // PAD_MULTIPLE) * PAD_MULTIPLE for i in order]
+        for start, stop in split_by_padding(padded, self.batch_size, self.call_overhead_tokens):
+            idx = order[start:stop]
             yield idx, self.feed_for([encodings[i] for i in idx])
 
     def run_rows(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -79,3 +79,49 @@ def test_pipeline_rejects_wrong_task_and_bad_texts(tiny_onnx):
             clf.predict("just one string")
         with pytest.raises(InputError, match=r"texts\[1\] is int"):
             clf.predict(["ok", 3])
+
+
+def brute_force_split(padded, max_batch, overhead):
+    """Cheapest cost over every way to cut the rows into consecutive groups (small inputs only)."""
+    n, best = len(padded), None
+    for mask in range(1 << (n - 1)):
+        starts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1]
+        groups = list(zip(starts, starts[1:] + [n]))
+        if any(b - a > max_batch for a, b in groups):
+            continue
+        cost = sum(overhead + (b - a) * padded[a] for a, b in groups)
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_split_by_padding_is_the_cheapest_cut(seed):
+    from runtime.pipeline import split_by_padding
+
+    rng = np.random.default_rng(seed)
+    padded = sorted((8 * rng.integers(1, 9, size=int(rng.integers(1, 11)))).tolist(), reverse=True)
+    max_batch, overhead = int(rng.integers(1, 6)), float(rng.choice([0, 8, 32, 200]))
+    groups = split_by_padding(padded, max_batch, overhead)
+    assert [a for a, _ in groups] == [0] + [b for _, b in groups[:-1]] and groups[-1][1] == len(padded)
+    assert all(0 < b - a <= max_batch for a, b in groups)
+    cost = sum(overhead + (b - a) * padded[a] for a, b in groups)
+    assert cost == brute_force_split(padded, max_batch, overhead)
+
+
+def test_split_by_padding_extremes():
+    from runtime.pipeline import split_by_padding
+
+    padded = [56, 48, 32, 32, 16, 16, 16, 8]
+    assert split_by_padding(padded, 3, float("inf")) == [(0, 3), (3, 6), (6, 8)]  # plain chunks
+    assert split_by_padding(padded, 8, 0.0) == [(0, 1), (1, 2), (2, 4), (4, 7), (7, 8)]  # one padded length each
+    assert split_by_padding(padded, 8, 1e6) == [(0, 8)]  # calls so dear that padding is cheaper
+
+
+def test_mixed_lengths_are_split_and_answers_unchanged(tiny_onnx):
+    texts = ["good"] * 6 + ["a very very long and boring film , but fun , with far too many words in it"] * 2
+    with TextClassifier(tiny_onnx, batch_size=8) as clf, TextClassifier(tiny_onnx, batch_size=8,
+                                                                        call_overhead_tokens=float("inf")) as one:
+        shapes = [feed["input_ids"].shape for _, feed in clf.batches(clf.encode(texts))]
+        assert len(list(one.batches(one.encode(texts)))) == 1
+        np.testing.assert_allclose(clf.logits(texts), one.logits(texts), atol=1e-5)
+    assert len(shapes) == 2 and sorted(s[0] for s in shapes) == [2, 6] and min(s[1] for s in shapes) == 8
