@@ -19,19 +19,21 @@ from runtime.errors import ConfigError
 @click.option("--max-delay-ms", default=5.0, show_default=True, type=float, help="Longest wait for a batch to fill.")
 @click.option("--max-queue", default=256, show_default=True, type=int, help="Waiting inputs before 503 overload.")
 @click.option("--threads", default=0, show_default=True, type=int, help="Model intra-op threads (0: backend default).")
+@click.option("--spinning/--no-spinning", default=False, show_default=True,
+              help="onnxruntime: idle model threads spin (lower latency per call, less CPU for HTTP).")
 @click.option("--max-inputs", default=64, show_default=True, type=int, help="Texts per request.")
 @click.option("--max-chars", default=2000, show_default=True, type=int, help="Characters per text.")
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=float, help="Seconds a request may wait.")
 @backend_option
 @device_option
 def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_ms: float, max_queue: int, threads: int,
-          max_inputs: int, max_chars: int, timeout_s: float, backend: str, device: str) -> None:
+          spinning: bool, max_inputs: int, max_chars: int, timeout_s: float, backend: str, device: str) -> None:
     """Serve a text classifier over HTTP: POST /v1/predict, GET /healthz, GET /metrics."""
     from runtime.server import ServeConfig, import_serving
     from runtime.server import serve as run_server
 
     config = ServeConfig(host=host, port=port, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
-                         max_queue=max_queue, threads=threads, max_inputs=max_inputs, max_chars=max_chars,
+                         max_queue=max_queue, threads=threads, spinning=spinning, max_inputs=max_inputs, max_chars=max_chars,
                          request_timeout_s=timeout_s, backend=backend, device=device)
     art = Artifact.load(artifact)
     if art.task != "text-classification":

@@ -36,6 +36,7 @@ class ServeConfig:
     max_delay_ms: float = 5.0
     max_queue: int = 256
     threads: int = 0  # intra-op threads for the model (0: the backend's default)
+    spinning: bool = False  # onnxruntime: let idle intra-op threads spin (they then compete with the event loop)
     max_inputs: int = 64
     max_chars: int = 2000
     max_body_bytes: int = 1 << 20
@@ -96,8 +97,8 @@ class Service:
         try:
             options: dict[str, Any] = {"threads": self.config.threads} if self.config.threads else {}
             if self.config.backend in ("auto", "onnxruntime") and self.artifact.format == "onnx":
-                # spinning intra-op threads would steal the cores the event loop and tokenizer need
-                options["spinning"] = False
+                # by default, spinning intra-op threads would steal the cores the event loop and tokenizer need
+                options["spinning"] = self.config.spinning
             clf = TextClassifier(self.artifact, backend=self.config.backend, device=self.config.device,
                                  batch_size=self.config.max_batch_size, **options)
             for _ in range(self.config.warmup):  # first runs pay for kernel selection and arena growth
