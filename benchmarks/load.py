@@ -37,6 +37,7 @@ class LoadResult:
     ok_latencies_ms: list[float] = field(default_factory=list)
     error_latencies_ms: list[float] = field(default_factory=list)
     client_cpu_s: float = 0.0
+    client_stats: dict[str, int] = field(default_factory=dict)
 
     def record(self, outcome: str, ms: float) -> None:
         self.outcomes[outcome] += 1
@@ -55,23 +56,42 @@ class LoadResult:
             "p99_ms": round(float(np.percentile(ok, 99)), 2), "max_ms": round(float(ok.max()), 2),
             "error_p99_ms": round(float(np.percentile(err, 99)), 2) if err is not None else None,
             "client_cpu_pct": round(100 * self.client_cpu_s / self.duration_s, 1),
+            **self.client_stats,
         }
 
 
 class _Connection:
-    """One keep-alive HTTP/1.1 connection that POSTs pre-encoded requests (responses carry Content-Length)."""
+    """One keep-alive HTTP/1.1 connection that POSTs pre-encoded requests (responses carry Content-Length).
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    A server closes keep-alive connections that sat idle (uvicorn: after 5 s); a request written into one
+    that closed meanwhile is answered by EOF before any byte of a response. Like any HTTP client, send it
+    again once on a fresh connection; `stats["stale_reconnects"]` counts how often that happened."""
+
+    def __init__(self, host: str, port: int, stats: Counter) -> None:
+        self.host, self.port, self.stats = host, port, stats
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.answered = False
 
     async def post(self, request: bytes) -> int:
+        if self.writer is not None:
+            try:
+                return await self._post(request)
+            except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as e:
+                if self.answered or getattr(e, "partial", b""):  # a response had begun: a real failure
+                    raise
+                self.close()
+                self.stats["stale_reconnects"] += 1
+        return await self._post(request)
+
+    async def _post(self, request: bytes) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
+        assert self.reader is not None and self.writer is not None
+        self.answered = False
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
+        self.answered = True
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         length, close = None, False
@@ -111,8 +131,10 @@ def http_target(url: str, timeout_s: float = 30.0) -> Callable[[], Target]:
                              f"Content-Length: {len(body)}\r\n\r\n").encode() + body
         return encoded[text]
 
+    stats: Counter = Counter()
+
     def make() -> Target:
-        conn = _Connection(host, port)
+        conn = _Connection(host, port, stats)
 
         async def send(text: str) -> str:
             try:
@@ -125,6 +147,7 @@ def http_target(url: str, timeout_s: float = 30.0) -> Callable[[], Target]:
                 conn.close()
                 return type(e).__name__
         return send
+    make.stats = stats  # type: ignore[attr-defined]  # read by closed_loop/open_loop into their result
     return make
 
 
@@ -146,16 +169,20 @@ def batcher_target(batcher: Any, encode: Callable[[list[str]], list[Any]]) -> Ca
     return make
 
 
-def _run(coro: Awaitable[LoadResult]) -> LoadResult:
+def _run(coro: Awaitable[LoadResult], make_target: Callable[[], Target]) -> LoadResult:
     try:
         import uvloop  # the load generator should cost the shared cores as little as it can
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+    stats = getattr(make_target, "stats", None)
+    before = dict(stats) if stats is not None else {}
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     result = runner(coro)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     result.client_cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    if stats is not None:
+        result.client_stats = {k: v - before.get(k, 0) for k, v in stats.items()}
     return result
 
 
@@ -179,7 +206,7 @@ def closed_loop(make_target: Callable[[], Target], texts: Sequence[str], concurr
         result.duration_s = time.perf_counter() - started
         return result
 
-    return _run(main())
+    return _run(main(), make_target)
 
 
 def open_loop(make_target: Callable[[], Target], texts: Sequence[str], rate: float, duration_s: float,
@@ -218,4 +245,4 @@ def open_loop(make_target: Callable[[], Target], texts: Sequence[str], rate: flo
         result.duration_s = time.perf_counter() - started
         return result
 
-    return _run(main())
+    return _run(main(), make_target)

@@ -179,3 +179,50 @@ def test_http_loadtest_reports_connection_errors():
 
     r = closed_loop(http_target(f"http://127.0.0.1:{free_port()}"), ["x"], 2, 0.3).summary()
     assert r["ok"] == 0 and r["lost"] == 0 and r["errors"] and "ConnectionRefusedError" in r["errors"]
+
+
+class OneShotHTTP:
+    """A raw HTTP server on a thread that answers `answer` requests per connection, then closes it silently
+    (what a server does to a keep-alive connection it considers idle); answer=0 never answers."""
+
+    def __init__(self, answer):
+        self.answer, self.port = answer, free_port()
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                for _ in range(self.answer):
+                    conn.recv(65536)
+                    body = b'{"predictions": []}'
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                if not self.answer:
+                    conn.recv(65536)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+def test_http_loadtest_resends_once_on_a_closed_keepalive_connection():
+    from benchmarks.load import closed_loop, http_target
+
+    with OneShotHTTP(answer=1) as srv:
+        r = closed_loop(http_target(f"http://127.0.0.1:{srv.port}"), ["x"], 1, 0.3).summary()
+    assert r["ok"] == r["sent"] > 2 and r["errors"] == {} and r["stale_reconnects"] == r["sent"] - 1
+
+
+def test_http_loadtest_counts_a_fresh_connection_closed_without_answer_as_error():
+    from benchmarks.load import closed_loop, http_target
+
+    with OneShotHTTP(answer=0) as srv:
+        r = closed_loop(http_target(f"http://127.0.0.1:{srv.port}"), ["x"], 1, 0.3).summary()
+    assert r["ok"] == 0 and r["errors"] == {"IncompleteReadError": r["sent"]} and r["lost"] == 0
