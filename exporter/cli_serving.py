@@ -16,11 +16,12 @@ from runtime.errors import ConfigError
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (localhost by default).")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--max-batch-size", default=32, show_default=True, type=int, help="1 turns batching off.")
-@click.option("--max-delay-ms", default=5.0, show_default=True, type=float, help="Longest wait for a batch to fill.")
+@click.option("--max-delay-ms", default=0.0, show_default=True, type=float,
+              help="Longest wait for a batch to fill (0: start when the model is free).")
 @click.option("--max-queue", default=256, show_default=True, type=int, help="Waiting inputs before 503 overload.")
 @click.option("--threads", default=0, show_default=True, type=int, help="Model intra-op threads (0: backend default).")
-@click.option("--spinning/--no-spinning", default=False, show_default=True,
-              help="onnxruntime: idle model threads spin (lower latency per call, less CPU for HTTP).")
+@click.option("--spinning/--no-spinning", default=True, show_default=True,
+              help="onnxruntime: idle model threads spin briefly (faster; --no-spinning on a shared host).")
 @click.option("--max-inputs", default=64, show_default=True, type=int, help="Texts per request.")
 @click.option("--max-chars", default=2000, show_default=True, type=int, help="Characters per text.")
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=float, help="Seconds a request may wait.")
@@ -51,7 +52,7 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
 @click.option("--data", default="movie-snippets:test", show_default=True, help="Texts to send (one per request).")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--max-batch-size", default=32, show_default=True, type=int, help="In-process mode only.")
-@click.option("--max-delay-ms", default=5.0, show_default=True, type=float, help="In-process mode only.")
+@click.option("--max-delay-ms", default=0.0, show_default=True, type=float, help="In-process mode only.")
 @click.option("--max-queue", default=256, show_default=True, type=int, help="In-process mode only.")
 @json_option
 def loadtest(target: str, concurrency: int, rate: float | None, duration: float, data: str, text_column: str,
