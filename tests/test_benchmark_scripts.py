@@ -1,12 +1,13 @@
 """The benchmark recipes at least parse their arguments (their full runs take minutes; see benchmarks/results)."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
 
-@pytest.mark.parametrize("module", ["prune_table", "quant_table", "serve_table", "profile_ops"])
+@pytest.mark.parametrize("module", ["prune_table", "quant_table", "serve_table", "profile_ops", "batch_scaling"])
 def test_recipe_help(module):
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.runs.{module}", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
@@ -20,3 +21,39 @@ def test_interleaved_measurement(tiny_onnx):
         res = measure_interleaved({("a", 1, 8): (s, token_feed(s, 1, 8)), ("b", 4, 8): (s, token_feed(s, 4, 8))},
                                   warmup=1, iters=6, rounds=3)
     assert [r.batch for r in res.values()] == [1, 4] and all(r.iters == 6 and r.p50_ms > 0 for r in res.values())
+
+
+def recipe(module, *args, cwd):
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.runs.{module}", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_batch_scaling_recipe_runs(tiny_onnx, tmp_path):
+    from pathlib import Path
+
+    from tests.conftest import sentiment_rows, write_csv
+
+    data = write_csv(tmp_path / "texts.csv", sentiment_rows(16))
+    root = Path(__file__).resolve().parents[1]
+    recipe("batch_scaling", "--artifact", tiny_onnx.path, "--data", data, "--sentences", 16, "--rounds", 1,
+           "--batch-sizes", "1,8", "--overheads", "inf,32", "--out", tmp_path, cwd=root)
+    rows = json.loads((tmp_path / "batch-scaling.json").read_text())["rows"]
+    assert [(r["overhead_tokens"], r["batch"]) for r in rows] == [("inf", 1), ("inf", 8), ("32", 1), ("32", 8)]
+    assert all(r["sentences_per_s"] > 0 for r in rows) and rows[0]["vs_batch_1"] == 1.0
+
+
+def test_serve_recipe_runs(tiny_onnx, tmp_path):
+    from pathlib import Path
+
+    from tests.conftest import sentiment_rows, write_csv
+
+    data = write_csv(tmp_path / "texts.csv", sentiment_rows(16))
+    root = Path(__file__).resolve().parents[1]
+    recipe("serve_table", "--artifact", tiny_onnx.path, "--data", data, "--duration", 0.5, "--repeats", 1,
+           "--concurrency", 4, "--out", tmp_path, cwd=root)
+    result = json.loads((tmp_path / "serve.json").read_text())
+    assert len(result["rows"]) == 8 and all(r["lost"] == 0 and r["ok"] > 0 for r in result["rows"])
+    assert [r["mean_batch"] for r in result["rows"] if "--max-batch-size 1" in r["run"]] == [1.0]
+    assert set(result["batching_speedup"]) == {"defaults (spinning)", "--no-spinning", "best on / best off"}

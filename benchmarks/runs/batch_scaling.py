@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks.runs.common import write_results
-from calibration.datasets import load_labelled
+from calibration.datasets import load_texts
 from runtime.pipeline import TextClassifier
 
 
@@ -30,11 +30,12 @@ def main() -> None:
                     help="call_overhead_tokens settings (inf: one padded group per batch, as before the split)")
     ap.add_argument("--sentences", type=int, default=256, help="sentences per configuration per round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--data", default="movie-snippets:test", help="texts to sample from")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--name", default="batch-scaling")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    texts = load_labelled("movie-snippets:test").texts
+    texts = load_texts(args.data)
     rng = random.Random(0)
     sample = [rng.choice(texts) for _ in range(args.sentences)]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -63,7 +64,7 @@ def main() -> None:
                      "sentences_per_s": round(rate, 1),
                      "vs_batch_1": round(rate / base, 2) if base else None,
                      "ms_per_sentence": round(1000 / rate, 3)})
-    notes = [f"{args.sentences} random movie-snippets test sentences (tokens: median {lengths[len(lengths) // 2]}, "
+    notes = [f"{args.sentences} random sentences from {args.data} (tokens: median {lengths[len(lengths) // 2]}, "
              f"max {lengths[-1]}), {args.rounds} interleaved rounds; onnxruntime.",
              "A group of N is what the batcher hands the model under N concurrent clients: sorted by length and",
              "padded to a multiple of 8; overhead_tokens=inf runs it as one group padded to its longest, a number",
