@@ -51,3 +51,28 @@ def test_torch_cuda_graphs_match_eager(tiny_onnx):
 def test_cpu_twin_cuda_graphs_option_is_ignored_on_cpu(tiny_onnx):
     with open_session(tiny_onnx, backend="torch", device="cpu", cuda_graphs=True) as s:
         np.testing.assert_allclose(s.run(feed(4, 11))["logits"], run_torch(tiny_onnx, "cpu"), atol=1e-6)
+
+
+def test_gpu_check_runs_without_the_packaged_model():
+    """The prepared device script: on a machine without CUDA every cuda row says why, the CPU rows are
+    timed, and the MiniLM-shaped stand-in is named (what it does where the weights cannot be carried)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--model", "random", "--batch-sizes", "1",
+                           "--iters", "2", "--seq-len", "16"], cwd=root, capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-2000:] + proc.stderr[-2000:]
+    assert "model: random weights in all-MiniLM-L6-v2's shape" in out
+    rows = {line.split("  ")[0]: line for line in out.splitlines() if line.startswith(("torch ", "onnxruntime "))}
+    assert {"torch cuda fp16", "onnxruntime cuda", "onnxruntime cpu", "torch cpu fp32"} <= set(rows)
+    assert "CPUExecutionProvider" in rows["onnxruntime cpu"] and "unavailable" not in rows["onnxruntime cpu"]
+    try:
+        import torch
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        assert "unavailable: cuda requested" in rows["torch cuda fp16"]
