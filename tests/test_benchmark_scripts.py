@@ -38,7 +38,8 @@ def test_batch_scaling_recipe_runs(tiny_onnx, tmp_path):
     data = write_csv(tmp_path / "texts.csv", sentiment_rows(16))
     root = Path(__file__).resolve().parents[1]
     recipe("batch_scaling", "--artifact", tiny_onnx.path, "--data", data, "--sentences", 16, "--rounds", 1,
-           "--batch-sizes", "1,8", "--overheads", "inf,32", "--out", tmp_path, cwd=root)
+           "--batch-sizes", "1,8", "--overheads", "inf,32", "--threads", 2, "--spinning", "on", "--out", tmp_path,
+           cwd=root)
     rows = json.loads((tmp_path / "batch-scaling.json").read_text())["rows"]
     assert [(r["overhead_tokens"], r["batch"]) for r in rows] == [("inf", 1), ("inf", 8), ("32", 1), ("32", 8)]
     assert all(r["sentences_per_s"] > 0 for r in rows) and rows[0]["vs_batch_1"] == 1.0

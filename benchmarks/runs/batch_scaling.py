@@ -23,10 +23,10 @@ from runtime.pipeline import TextClassifier
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifact", required=True, type=Path)
-    ap.add_argument("--batch-sizes", default="1,4,8,16,32")
-    ap.add_argument("--threads", default="2", help="intra-op thread settings to compare")
-    ap.add_argument("--spinning", default="off", help="onnxruntime intra-op spinning settings: on, off or on,off")
-    ap.add_argument("--overheads", default="inf,64",
+    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--threads", default="1,2", help="intra-op thread settings to compare")
+    ap.add_argument("--spinning", default="on,off", help="onnxruntime intra-op spinning settings: on, off or on,off")
+    ap.add_argument("--overheads", default="inf,32",
                     help="call_overhead_tokens settings (inf: one padded group per batch, as before the split)")
     ap.add_argument("--sentences", type=int, default=256, help="sentences per configuration per round")
     ap.add_argument("--rounds", type=int, default=5)
