@@ -35,12 +35,12 @@ class ServeConfig:
     max_batch_size: int = 32
     # 0: a batch starts as soon as the model is free; what arrives while it runs forms the next batch.
     # On this project's 2-core CPU that matched a 5 ms wait in throughput and cut one-client latency from
-    # 9.7 to 3.1 ms (benchmarks/results/serve.md); on a GPU a few ms of waiting may pay.
+    # 8.7 to 3.2 ms (benchmarks/results/serve.md); on a GPU a few ms of waiting may pay.
     max_delay_ms: float = 0.0
     max_queue: int = 256
     threads: int = 0  # intra-op threads for the model (0: the backend's default)
     # onnxruntime: idle intra-op threads spin briefly before sleeping. Measured here, turning it off cost
-    # 8% throughput with batching and 25% without; --no-spinning is for hosts shared with other work.
+    # about 5% throughput with batching and 20% without; --no-spinning is for hosts shared with other work.
     spinning: bool = True
     max_inputs: int = 64
     max_chars: int = 2000
