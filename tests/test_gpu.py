@@ -38,14 +38,70 @@ def test_onnxruntime_cuda_or_clear_error(tiny_onnx):
         np.testing.assert_allclose(gpu.run(feed())["logits"], cpu.run(feed())["logits"], atol=1e-4)
 
 
+def padded_feed(seed, batch=4, seq=11):
+    """Varied ids with padding at the end of some rows (a replay must not reuse the captured mask)."""
+    rng = np.random.default_rng(seed)
+    f = feed(batch, seq)
+    f["input_ids"] = rng.integers(5, 30, size=(batch, seq)).astype(np.int64)
+    for row, real in enumerate(rng.integers(3, seq + 1, size=batch)):
+        f["attention_mask"][row, real:] = 0
+        f["input_ids"][row, real:] = 0
+    return f
+
+
 @pytest.mark.gpu
 def test_torch_cuda_graphs_match_eager(tiny_onnx):
-    eager = run_torch(tiny_onnx, "cuda")
+    with open_session(tiny_onnx, backend="torch", device="cuda") as s:
+        eager = [s.run(feed(4, 11))["logits"], s.run(padded_feed(1))["logits"]]
     with open_session(tiny_onnx, backend="torch", device="cuda", cuda_graphs=True) as s:
-        first = s.run(feed(4, 11))["logits"]
-        replay = s.run(feed(4, 11))["logits"]  # the captured graph, replayed with new copies of the inputs
-    np.testing.assert_allclose(first, eager, atol=1e-4)
-    np.testing.assert_allclose(replay, eager, atol=1e-4)
+        first = s.run(feed(4, 11))["logits"]  # captures the graph for this shape
+        replay = s.run(padded_feed(1))["logits"]  # same shape, other ids and padding: replayed
+        assert len(s._graphs) == 1
+    np.testing.assert_allclose(first, eager[0], atol=1e-4)
+    np.testing.assert_allclose(replay, eager[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta"])
+def test_cpu_twin_graphable_forward_matches_the_model(model_type, tmp_path):
+    """What a CUDA graph captures (the mask built on device) gives the model's own answers, padding included."""
+    import torch
+    import transformers
+
+    from exporter.load import load_checkpoint
+    from runtime import BackendError
+    from runtime.backends.torch_backend import graphable_forward
+    from tests.conftest import build_tiny
+
+    art = load_checkpoint(build_tiny(tmp_path / model_type, model_type), "text-classification")
+    f = padded_feed(2)
+    if model_type != "bert":
+        del f["token_type_ids"]
+    with open_session(art, backend="torch") as s, torch.no_grad():
+        tensors = {k: torch.from_numpy(v) for k, v in f.items()}
+        if model_type == "distilbert" and int(transformers.__version__.split(".")[0]) < 5:
+            with pytest.raises(BackendError, match="CUDA graphs for distilbert need transformers >= 5"):
+                graphable_forward(s._model, tensors)
+            return
+        np.testing.assert_allclose(graphable_forward(s._model, tensors)["logits"].numpy(),
+                                   s._model(**tensors)["logits"].numpy(), atol=1e-5)
+
+
+def test_cpu_twin_graphable_forward_reads_no_tensor_on_the_host(tiny_bert):
+    """On the meta device any host read of a tensor value fails, as it fails inside CUDA graph capture."""
+    import torch
+    import transformers
+
+    from runtime.backends.torch_backend import graphable_forward
+    from runtime.backends.torch_structure import from_pretrained_any
+
+    model = from_pretrained_any(transformers.AutoModelForSequenceClassification, str(tiny_bert)).eval().to("meta")
+    ids = torch.ones(4, 11, dtype=torch.long, device="meta")
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        assert graphable_forward(model, inputs)["logits"].shape == (4, 2)
+        if int(transformers.__version__.split(".")[0]) >= 5:  # the problem it avoids is real
+            with pytest.raises(RuntimeError, match="meta"):
+                model(**inputs)
 
 
 def test_cpu_twin_cuda_graphs_option_is_ignored_on_cpu(tiny_onnx):

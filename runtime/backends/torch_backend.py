@@ -42,6 +42,35 @@ def model_dir_for(artifact: Artifact) -> Path:
     return src
 
 
+def capture_safe_mask(mask: Any, dtype: Any, model_type: str) -> Any:
+    """A 2-D 0/1 attention mask in the form whose handling in transformers reads no tensor value on the host.
+
+    Given a 2-D mask, transformers asks `mask.all()` (can the mask be skipped?), a host sync that CUDA graph
+    capture refuses (and whose answer a graph would bake in for every replay). transformers 5 takes a 4-D
+    additive mask as it is; 4.x BERT/RoBERTa turn a 3-D one into the additive form with tensor arithmetic,
+    and 4.x DistilBERT has no such form."""
+    import torch
+    import transformers
+
+    batch, seq = mask.shape
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        return additive.expand(batch, 1, seq, seq)
+    if model_type == "distilbert":
+        raise BackendError(f"CUDA graphs for distilbert need transformers >= 5 (this is {transformers.__version__}); "
+                           "upgrade transformers, or run without cuda_graphs")
+    return mask[:, None, :].expand(batch, seq, seq)
+
+
+def graphable_forward(model: Any, inputs: dict[str, Any]) -> Any:
+    """The model's forward with no host syncs (what a CUDA graph captures): the mask built on device."""
+    if "attention_mask" in inputs:
+        dtype = next(model.parameters()).dtype
+        mask = capture_safe_mask(inputs["attention_mask"], dtype, getattr(model.config, "model_type", ""))
+        inputs = {**inputs, "attention_mask": mask}
+    return model(**inputs)
+
+
 class TorchSession(Session):
     """Options: dtype (float32|float16|bfloat16), threads, model (an already-loaded nn.Module to wrap),
     cuda_graphs (on cuda: capture one CUDA graph per input shape into pre-allocated buffers, then replay;
@@ -100,13 +129,17 @@ class TorchSession(Session):
             static_in = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
-                for _ in range(2):  # warm up outside the graph: lazy init must not be captured
-                    self._model(**static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.no_grad():
-                out = self._model(**static_in)
+            try:
+                with torch.cuda.stream(side), torch.no_grad():
+                    for _ in range(2):  # warm up outside the graph: lazy init must not be captured
+                        graphable_forward(self._model, static_in)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph), torch.no_grad():
+                    out = graphable_forward(self._model, static_in)
+            except RuntimeError as e:  # e.g. an op that syncs with the host; never a silent eager fallback
+                raise BackendError(f"CUDA graph capture failed for input shapes {dict(key)}: "
+                                   f"{str(e).splitlines()[0]}; run without cuda_graphs") from None
             graphs[key] = (graph, static_in, {o.name: out[o.name] for o in self.outputs})
         graph, static_in, static_out = graphs[key]
         for k, v in feed.items():
