@@ -27,15 +27,21 @@ from runtime.errors import ConfigError
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=float, help="Seconds a request may wait.")
 @backend_option
 @device_option
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="torch backend: weights and compute precision (default float32).")
+@click.option("--cuda-graphs", is_flag=True, help="torch backend on cuda: capture one CUDA graph per input shape "
+              "(batches padded to powers of two, sequences to multiples of 32).")
 def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_ms: float, max_queue: int, threads: int,
-          spinning: bool, max_inputs: int, max_chars: int, timeout_s: float, backend: str, device: str) -> None:
+          spinning: bool, max_inputs: int, max_chars: int, timeout_s: float, backend: str, device: str,
+          dtype: str | None, cuda_graphs: bool) -> None:
     """Serve a text classifier over HTTP: POST /v1/predict, GET /healthz, GET /metrics."""
     from runtime.server import ServeConfig, import_serving
     from runtime.server import serve as run_server
 
     config = ServeConfig(host=host, port=port, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
                          max_queue=max_queue, threads=threads, spinning=spinning, max_inputs=max_inputs, max_chars=max_chars,
-                         request_timeout_s=timeout_s, backend=backend, device=device)
+                         request_timeout_s=timeout_s, backend=backend, device=device, dtype=dtype or "",
+                         cuda_graphs=cuda_graphs)
     art = Artifact.load(artifact)
     if art.task != "text-classification":
         raise ConfigError(f"kiln serve serves text-classification artifacts; {artifact} is {art.task!r}")

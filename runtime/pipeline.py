@@ -13,6 +13,9 @@ from runtime.errors import ArtifactError, BackendError, ConfigError, InputError,
 from runtime.session import Session, open_session
 
 PAD_MULTIPLE = 8  # pad each batch up to a multiple of 8 tokens: few distinct shapes, little padding
+# With CUDA graphs (one graph per input shape) shapes must be few: sequences to a multiple of 32 and
+# rows to a power of two, so batches up to 32 x 128 tokens need 6 x 4 = 24 graphs.
+GRAPH_PAD_MULTIPLE = 32
 # A model call's fixed cost in token-equivalents, for deciding when a mixed-length group is better
 # split than padded (benchmarks/results/batch-scaling.md: padding is what costs most on a CPU).
 CALL_OVERHEAD_TOKENS = 32.0
@@ -82,7 +85,8 @@ class Pipeline:
 
     def __init__(self, artifact: Artifact | str | Path, backend: str = "auto", device: str = "cpu",
                  batch_size: int = 32, session: Session | None = None,
-                 call_overhead_tokens: float = CALL_OVERHEAD_TOKENS, **options: Any) -> None:
+                 call_overhead_tokens: float = CALL_OVERHEAD_TOKENS, shape_buckets: bool | None = None,
+                 **options: Any) -> None:
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         if self.artifact.task not in self.tasks:
             raise TaskError(
@@ -92,6 +96,10 @@ class Pipeline:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.call_overhead_tokens = call_overhead_tokens
+        # few distinct input shapes (GRAPH_PAD_MULTIPLE); by default when CUDA graphs are on
+        self.shape_buckets = (bool(options.get("cuda_graphs")) and device == "cuda") if shape_buckets is None \
+            else shape_buckets
+        self.pad_multiple = GRAPH_PAD_MULTIPLE if self.shape_buckets else PAD_MULTIPLE
         self.tokenizer = load_tokenizer(self.artifact)
         self.session = session or open_session(self.artifact, backend=backend, device=device, **options).open()
         self._input_names = {s.name for s in self.session.inputs}
@@ -116,16 +124,19 @@ class Pipeline:
     def feed_for(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
         """Pad a group of encodings to a common bucketed length and build the model feed."""
         longest = max(len(e.ids) for e in encodings)
-        length = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+        length = -(-longest // self.pad_multiple) * self.pad_multiple
         length = min(length, int(self.artifact.meta.get("max_length", length)))
         length = max(length, longest)
-        feed = pad_rows([(e.ids, e.type_ids) for e in encodings], length, int(self.artifact.meta.get("pad_token_id", 0)))
+        rows = [(e.ids, e.type_ids) for e in encodings]
+        if self.shape_buckets:  # repeat the first row up to a power of two; the extra rows' outputs are dropped
+            rows += rows[:1] * ((1 << (len(rows) - 1).bit_length()) - len(rows))
+        feed = pad_rows(rows, length, int(self.artifact.meta.get("pad_token_id", 0)))
         return {k: v for k, v in feed.items() if k in self._input_names}
 
     def batches(self, encodings: Sequence[Any]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """Yield (original indices, feed): longest-first groups of similar length (see split_by_padding)."""
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-        padded = [-(-len(encodings[i].ids) // PAD_MULTIPLE) * PAD_MULTIPLE for i in order]
+        padded = [-(-len(encodings[i].ids) // self.pad_multiple) * self.pad_multiple for i in order]
         for start, stop in split_by_padding(padded, self.batch_size, self.call_overhead_tokens):
             idx = order[start:stop]
             yield idx, self.feed_for([encodings[i] for i in idx])

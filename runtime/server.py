@@ -48,6 +48,8 @@ class ServeConfig:
     request_timeout_s: float = 10.0
     backend: str = "auto"
     device: str = "cpu"
+    dtype: str = ""  # torch backend: float32, float16 or bfloat16 ("": float32)
+    cuda_graphs: bool = False  # torch backend on cuda: one CUDA graph per (bucketed) input shape
     warmup: int = 3
 
     def __post_init__(self) -> None:
@@ -58,6 +60,10 @@ class ServeConfig:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.request_timeout_s <= 0 or self.max_delay_ms < 0:
             raise ConfigError("request_timeout_s must be > 0 and max_delay_ms >= 0")
+        if (self.dtype or self.cuda_graphs) and self.backend != "torch":
+            raise ConfigError("dtype and cuda_graphs are options of the torch backend; add --backend torch")
+        if self.cuda_graphs and self.device != "cuda":
+            raise ConfigError("cuda_graphs needs --device cuda")
 
 
 def import_serving() -> tuple[Any, Any, Any]:
@@ -101,6 +107,10 @@ class Service:
     def load(self) -> None:
         try:
             options: dict[str, Any] = {"threads": self.config.threads} if self.config.threads else {}
+            if self.config.dtype:
+                options["dtype"] = self.config.dtype
+            if self.config.cuda_graphs:
+                options["cuda_graphs"] = True
             if self.config.backend in ("auto", "onnxruntime") and self.artifact.format == "onnx":
                 options["spinning"] = self.config.spinning
             clf = TextClassifier(self.artifact, backend=self.config.backend, device=self.config.device,

@@ -226,3 +226,29 @@ def test_http_loadtest_counts_a_fresh_connection_closed_without_answer_as_error(
     with OneShotHTTP(answer=0) as srv:
         r = closed_loop(http_target(f"http://127.0.0.1:{srv.port}"), ["x"], 1, 0.3).summary()
     assert r["ok"] == 0 and r["errors"] == {"IncompleteReadError": r["sent"]} and r["lost"] == 0
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--dtype", "float16"], "dtype and cuda_graphs are options of the torch backend; add --backend torch"),
+    (["--backend", "torch", "--cuda-graphs"], "cuda_graphs needs --device cuda"),
+    (["--dtype", "half"], "Invalid value for '--dtype'"),
+])
+def test_serve_rejects_bad_precision_options(tiny_onnx, flags, match):
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+
+    r = CliRunner().invoke(main, ["serve", str(tiny_onnx.path), "--port", str(free_port()), *flags])
+    assert r.exit_code != 0 and match in r.output and "Traceback" not in r.output
+
+
+def test_serve_torch_backend_bf16_cpu_twin(tiny_onnx):
+    """The GPU serving path (torch backend, reduced precision) on the CPU: same labels as onnxruntime fp32."""
+    texts = ["the movie was good", "bad", "great acting !"]
+    with ThreadServer(tiny_onnx.path, backend="torch", dtype="bfloat16") as s:
+        status, _, raw = request(s.port, "POST", "/v1/predict", {"inputs": texts})
+    with ThreadServer(tiny_onnx.path) as ref:
+        _, _, ref_raw = request(ref.port, "POST", "/v1/predict", {"inputs": texts})
+    got, want = json.loads(raw)["predictions"], json.loads(ref_raw)["predictions"]
+    assert status == 200 and len(got) == 3
+    assert all(abs(g["scores"][k] - w["scores"][k]) < 0.05 for g, w in zip(got, want) for k in w["scores"])

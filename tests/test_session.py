@@ -125,3 +125,19 @@ def test_mixed_lengths_are_split_and_answers_unchanged(tiny_onnx):
         assert len(list(one.batches(one.encode(texts)))) == 1
         np.testing.assert_allclose(clf.logits(texts), one.logits(texts), atol=1e-5)
     assert len(shapes) == 2 and sorted(s[0] for s in shapes) == [2, 6] and min(s[1] for s in shapes) == 8
+
+
+def test_shape_buckets_for_cuda_graphs_keep_answers(tiny_onnx):
+    texts = ["good", "bad", "a very long and boring film , but fun", "great acting !", "dull", "fun"]
+    with TextClassifier(tiny_onnx, batch_size=8, shape_buckets=True, call_overhead_tokens=float("inf")) as g, \
+            TextClassifier(tiny_onnx, batch_size=8) as plain:
+        assert not plain.shape_buckets
+        shapes = [feed["input_ids"].shape for _, feed in g.batches(g.encode(texts))]
+        np.testing.assert_allclose(g.logits(texts), plain.logits(texts), atol=1e-5)
+        assert [p.label for p in g.predict(texts)] == [p.label for p in plain.predict(texts)]
+    assert shapes == [(8, 32)]  # 6 rows -> 8, 11 tokens -> 32
+
+
+def test_shape_buckets_default_follows_cuda_graphs(tiny_onnx):
+    with TextClassifier(tiny_onnx, backend="torch", cuda_graphs=True) as cpu:
+        assert not cpu.shape_buckets and cpu.pad_multiple == 8  # graphs are a CUDA thing; on CPU nothing changes
