@@ -1,7 +1,10 @@
-"""One prepared GPU check: run the `gpu` tests (incl. a bf16-autocast fine-tuning step on CUDA), then time
-the MiniLM classifier on CUDA vs CPU.
+"""One prepared GPU check: run the `gpu` tests (incl. a bf16-autocast fine-tuning step on CUDA), time
+the MiniLM classifier on CUDA vs CPU across batch sizes, then measure what micro-batching gives a
+service on each: 32 closed-loop callers of an in-process Batcher, max batch 32 vs 1 (issue 4's ratio,
+without HTTP).
 
     python benchmarks/gpu_check.py [--artifact ONNX_CLASSIFIER_DIR] [--model minilm|random] [--batch-sizes 1,8,32,128]
+                                   [--serve-seconds 10]
 
 Needs torch with CUDA, transformers and onnx (the project's H200 image has them, and pytest); uses
 onnxruntime-gpu's CUDA provider where installed (the CPU build is reported as such, never silently used
@@ -15,6 +18,7 @@ the weights' values, and the table says which one ran. From this repository's ro
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import subprocess
 import sys
 import tempfile
@@ -52,8 +56,64 @@ def export_model(which: str) -> tuple[Path, str]:
     torch.manual_seed(0)
     src = work / "random-minilm"
     transformers.BertForSequenceClassification(transformers.BertConfig(**MINILM_SHAPE)).eval().save_pretrained(str(src))
+    word_tokenizer(MINILM_SHAPE["vocab_size"]).save(str(src / "tokenizer.json"))
     return to_onnx(load_checkpoint(src, "text-classification"), OnnxConfig(), work / "random-minilm-cls").path, \
         "random weights in all-MiniLM-L6-v2's shape (6 x 384, 12 heads, FFN 1536)"
+
+
+def word_tokenizer(vocab_size: int) -> Any:
+    """[CLS] w1 w2 ... [SEP] over words w0..wN: tokenizes sample_texts one token per word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102}
+    vocab.update({f"w{i}": i for i in range(1000, vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
+    return tok
+
+
+def sample_texts(artifact: Path, n: int = 512, seed: int = 0) -> list[str]:
+    """Sentences of movie-review length (6 to 50 words); real words where the tokenizer has a vocabulary."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    vocab = json.loads((artifact / "tokenizer.json").read_text())["model"]["vocab"]
+    words = [w for w in vocab if w.isalpha() and w.islower() and len(w) > 2] or [f"w{i}" for i in range(1000, 30000)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(6, 50))) for _ in range(n)]
+
+
+def batching_table(art: Path, seconds: float) -> list[dict[str, Any]]:
+    """Throughput of 32 closed-loop callers through a Batcher, max batch 32 vs 1, per device."""
+    from benchmarks.load import batcher_target, closed_loop
+    from runtime.batching import Batcher
+    from runtime.pipeline import TextClassifier
+    from runtime.server import length_bucket
+
+    texts = sample_texts(art)
+    rows = []
+    for label, opts in [("torch cuda fp16 + CUDA graphs", dict(backend="torch", device="cuda", dtype="float16",
+                                                                cuda_graphs=True)),
+                        ("torch cuda fp16", dict(backend="torch", device="cuda", dtype="float16")),
+                        ("onnxruntime cpu", dict(backend="onnxruntime", device="cpu"))]:
+        rps = {}
+        for max_batch in (32, 1):
+            try:
+                with TextClassifier(art, batch_size=max_batch, **opts) as clf:
+                    with Batcher(clf.predict_encoded, max_batch, 0, 4096, bucket=length_bucket) as b:
+                        closed_loop(batcher_target(b, clf.encode), texts, 32, min(2.0, seconds))  # warm-up, captures
+                        calls, items = b.stats.batches, b.stats.completed
+                        r = closed_loop(batcher_target(b, clf.encode), texts, 32, seconds).summary()
+                        mean = (b.stats.completed - items) / max(1, b.stats.batches - calls)
+            except KilnError as e:
+                rows.append({"config": label, "max_batch": max_batch, "throughput_rps": f"unavailable: {e}"})
+                break
+            rps[max_batch] = r["throughput_rps"]
+            rows.append({"config": label, "max_batch": max_batch, "throughput_rps": r["throughput_rps"],
+                         "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "mean_batch": round(mean, 1),
+                         "errors": r["errors"] or "", "on/off": round(rps[32] / rps[1], 2) if max_batch == 1 else ""})
+    return rows
 
 
 def main() -> None:
@@ -62,6 +122,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8,32,128")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--serve-seconds", type=float, default=10, help="per batching run (0: skip the batching table)")
     ap.add_argument("--model", choices=["minilm", "random"], default="minilm",
                     help="without --artifact: the packaged MiniLM (random-weight MiniLM shape when not installed)")
     args = ap.parse_args()
@@ -98,6 +159,10 @@ def main() -> None:
         except KilnError as e:
             rows.append({"config": label, "backend": f"unavailable: {e}"})
     print(table(rows, ["config", "backend", "batch", "seq_len", "p50_ms", "p99_ms", "throughput"]))
+    if args.serve_seconds > 0:
+        print(f"\nmicro-batching: 32 closed-loop callers, in-process Batcher, {args.serve_seconds:g} s per run")
+        print(table(batching_table(art, args.serve_seconds),
+                    ["config", "max_batch", "throughput_rps", "p50_ms", "p99_ms", "mean_batch", "errors", "on/off"]))
     env = capture_environment()
     print(f"\nmodel: {model}\n{env['gpus']} | {env['cpu']} | torch {env['versions'].get('torch')} | "
           f"gpu tests exit {tests.returncode}")

@@ -118,11 +118,13 @@ def test_gpu_check_runs_without_the_packaged_model():
 
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--model", "random", "--batch-sizes", "1",
-                           "--iters", "2", "--seq-len", "16"], cwd=root, capture_output=True, text=True, timeout=300)
+                           "--iters", "2", "--seq-len", "16", "--serve-seconds", "0.5"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
     out = proc.stdout
     assert proc.returncode == 0, out[-2000:] + proc.stderr[-2000:]
     assert "model: random weights in all-MiniLM-L6-v2's shape" in out
-    rows = {line.split("  ")[0]: line for line in out.splitlines() if line.startswith(("torch ", "onnxruntime "))}
+    latency, batching = out.split("micro-batching: 32 closed-loop callers")
+    rows = {line.split("  ")[0]: line for line in latency.splitlines() if line.startswith(("torch ", "onnxruntime "))}
     assert {"torch cuda fp16", "onnxruntime cuda", "onnxruntime cpu", "torch cpu fp32"} <= set(rows)
     assert "CPUExecutionProvider" in rows["onnxruntime cpu"] and "unavailable" not in rows["onnxruntime cpu"]
     try:
@@ -132,3 +134,5 @@ def test_gpu_check_runs_without_the_packaged_model():
         cuda = False
     if not cuda:
         assert "unavailable: cuda requested" in rows["torch cuda fp16"]
+    cpu = [line.split() for line in batching.splitlines() if line.startswith("onnxruntime cpu")]
+    assert [r[2] for r in cpu] == ["32", "1"] and float(cpu[0][3]) > 0 and float(cpu[1][-1]) > 0  # on/off ratio
