@@ -120,10 +120,13 @@ def int_list(value: str, what: str) -> list[int]:
 @click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
 @click.option("--rounds", default=5, show_default=True, type=int,
               help="Interleave the timed runs of every configuration in this many rounds (fair under drift).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="torch backend: weights and compute precision (default float32).")
+@click.option("--cuda-graphs", is_flag=True, help="torch backend on cuda: replay a captured CUDA graph per shape.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
 @json_option
 def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: str, warmup: int, iters: int,
-          threads: int, rounds: int, markdown: bool, as_json: bool) -> None:
+          threads: int, rounds: int, dtype: str | None, cuda_graphs: bool, markdown: bool, as_json: bool) -> None:
     """Measure latency percentiles and throughput per backend and batch size."""
     from benchmarks.environment import capture_environment
     from benchmarks.latency import measure_interleaved, measure_latency, token_feed
@@ -139,8 +142,15 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's maximum length {max_len}")
     options = {"threads": threads} if threads else {}
     names = [b.strip() for b in backend.split(",") if b.strip()]
+    torch_options = {k: v for k, v in (("dtype", dtype), ("cuda_graphs", cuda_graphs)) if v}
+    if torch_options and "torch" not in names:
+        raise ConfigError("--dtype and --cuda-graphs apply to the torch backend; add torch to --backend")
+    if cuda_graphs and device != "cuda":
+        raise ConfigError("--cuda-graphs needs --device cuda")
     with contextlib.ExitStack() as stack:
-        sessions = [stack.enter_context(open_session(art, backend=n, device=device, **options)) for n in names]
+        sessions = [stack.enter_context(open_session(art, backend=n, device=device,
+                                                     **options, **(torch_options if n == "torch" else {})))
+                    for n in names]
         runs = {(n, b, seq_len): (s, token_feed(s, b, seq_len)) for n, s in zip(names, sessions) for b in sizes}
         progress(f"{len(runs)} configurations x ({warmup} warm-up + {iters} timed runs), interleaved in {rounds} rounds")
         sync = None

@@ -57,6 +57,14 @@ def test_bench_json(tiny_onnx):
     assert report["environment"]["versions"]["onnxruntime"]
 
 
+def test_bench_torch_dtype_reaches_only_the_torch_session(tiny_onnx):
+    r = run("bench", tiny_onnx.path, "--batch-sizes", "1", "--seq-len", "8", "--iters", "2", "--warmup", "1",
+            "--backend", "onnxruntime,torch", "--dtype", "bfloat16", "--json")
+    assert r.exit_code == 0, r.output
+    backends = [row["backend"] for row in json.loads(r.stdout)["results"]]
+    assert backends[0].startswith("onnxruntime") and "bfloat16" in backends[1], backends
+
+
 def test_doctor(tmp_path):
     r = run("doctor", "--json")
     assert r.exit_code == 0
@@ -82,6 +90,8 @@ def test_doctor(tmp_path):
     (["predict", "{art}", "x", "--device", "cuda"], "cuda requested"),
     (["bench", "{art}", "--batch-sizes", "1,zero"], "--batch-sizes must be comma-separated positive integers"),
     (["bench", "{art}", "--seq-len", "4096"], "exceeds the model's maximum length"),
+    (["bench", "{art}", "--dtype", "float16"], "--dtype and --cuda-graphs apply to the torch backend"),
+    (["bench", "{art}", "--backend", "torch", "--cuda-graphs"], "--cuda-graphs needs --device cuda"),
     (["frobnicate"], "No such command 'frobnicate'"),
 ])
 def test_bad_input_is_one_line(args, match, tmp_path, model_copy, tiny_onnx):

@@ -101,6 +101,10 @@ class TorchSession(Session):
             self._model = from_pretrained_any(auto, str(model_dir_for(self.artifact))).eval()
         self._model.to(device=self.device, dtype=getattr(torch, dtype))
 
+    def describe(self) -> str:
+        graphs = " + CUDA graphs" if self.device == "cuda" and self.options.get("cuda_graphs") else ""
+        return f"torch {self.options.get('dtype', 'float32')} on {self.device}{graphs}"
+
     def _close(self) -> None:
         self._model = None
         self._graphs = {}
