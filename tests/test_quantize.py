@@ -61,6 +61,18 @@ def test_each_method_validates(trained_onnx, tmp_path, cfg):
     assert out.dtype == np.float32
 
 
+def test_static_int8_answers_do_not_depend_on_batching(trained_onnx, tmp_path):
+    """Fixed activation scales: a sentence gets the same scores alone or in any batch (dynamic int8 does not
+    promise this: its scales come from each batch; benchmarks/results/batch-answers.md measures by how much)."""
+    from runtime.pipeline import TextClassifier
+
+    art, dev = trained_onnx
+    q = quantize(art, QuantConfig(method="static-int8", calibrator="minmax"), tmp_path / "q", calibration=calib_feeds(art))
+    texts = dev.texts[:24]
+    with TextClassifier(q, batch_size=1) as one, TextClassifier(q, batch_size=16, call_overhead_tokens=float("inf")) as many:
+        np.testing.assert_allclose(many.logits(texts), one.logits(texts), atol=1e-6)
+
+
 def test_range_cache_round_trip_reproduces_the_model(trained_onnx, tmp_path):
     art, _ = trained_onnx
     cfg = QuantConfig(method="static-int8", calibrator="minmax")
