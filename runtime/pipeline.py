@@ -94,6 +94,8 @@ class Pipeline:
                 f"{self.artifact.path} is {self.artifact.task!r}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if not call_overhead_tokens >= 0:  # also refuses NaN
+            raise ConfigError(f"call_overhead_tokens must be >= 0 (inf: never split), got {call_overhead_tokens}")
         self.batch_size = batch_size
         self.call_overhead_tokens = call_overhead_tokens
         # few distinct input shapes (GRAPH_PAD_MULTIPLE); by default when CUDA graphs are on

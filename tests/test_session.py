@@ -108,6 +108,12 @@ def test_split_by_padding_is_the_cheapest_cut(seed):
     assert cost == brute_force_split(padded, max_batch, overhead)
 
 
+def test_call_overhead_must_be_a_non_negative_number(tiny_onnx):
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="call_overhead_tokens must be >= 0"):
+            TextClassifier(tiny_onnx, call_overhead_tokens=bad)
+
+
 def test_split_by_padding_extremes():
     from runtime.pipeline import split_by_padding
 
