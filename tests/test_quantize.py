@@ -89,7 +89,7 @@ def test_guard_keeps_sensitive_nodes_in_fp32(trained_onnx, tmp_path, monkeypatch
     real = qz.accuracy_of
     fp32_acc = real(art, dev)
 
-    def pessimistic(a, data):
+    def pessimistic(a, data, batch_sizes=(64,)):
         # a constructed case: each quantized node costs 1 point, so the guard must keep some in fp32
         if a.meta.get("precision") != "int8":
             return fp32_acc
@@ -109,7 +109,7 @@ def test_guard_fails_clearly_when_budget_cannot_be_met(trained_onnx, tmp_path, m
     import exporter.quantize as qz
 
     art, dev = trained_onnx
-    monkeypatch.setattr(qz, "accuracy_of", lambda a, d: 0.9 if a.meta.get("precision") != "int8" else 0.5)
+    monkeypatch.setattr(qz, "accuracy_of", lambda a, d, *_: 0.9 if a.meta.get("precision") != "int8" else 0.5)
     out = tmp_path / "q"
     with pytest.raises(ValidationError, match=r"accuracy budget not met: the best dynamic-int8 model lost 40.00 points"):
         quantize(art, QuantConfig(method="dynamic-int8", max_accuracy_drop=0.5, max_guard_iterations=2), out, eval_data=dev)
@@ -121,6 +121,17 @@ def test_real_accuracy_guard_passes_with_generous_budget(trained_onnx, tmp_path)
     q = quantize(art, QuantConfig(method="dynamic-int8", max_accuracy_drop=5.0), tmp_path / "q", eval_data=dev)
     g = q.lineage[-1].metrics["accuracy_guard"]
     assert g["accuracy_fp32"] >= 0.9 and g["drop_points"] <= 5.0
+    assert g["batch_sizes"] == [1, 64]  # dynamic int8's accuracy moves with batching: the worse one counts
+
+
+def test_guard_accuracy_is_the_worst_over_batch_sizes(trained_onnx, monkeypatch):
+    import benchmarks.accuracy
+    import exporter.quantize as qz
+
+    art, dev = trained_onnx
+    monkeypatch.setattr(benchmarks.accuracy, "measure_accuracy",
+                        lambda clf, data: {"accuracy": {1: 0.91, 64: 0.87}[clf.batch_size]})
+    assert qz.accuracy_of(art, dev, (1, 64)) == 0.87 and qz.accuracy_of(art, dev, (1,)) == 0.91
 
 
 @pytest.mark.parametrize("kwargs, match", [
