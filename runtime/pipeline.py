@@ -135,6 +135,22 @@ class Pipeline:
         feed = pad_rows(rows, length, int(self.artifact.meta.get("pad_token_id", 0)))
         return {k: v for k, v in feed.items() if k in self._input_names}
 
+    def graph_shapes(self, max_tokens: int = 128) -> list[tuple[int, int]]:
+        """With shape buckets: every (rows, tokens) bucket a batch up to batch_size x max_tokens can take."""
+        if not self.shape_buckets:
+            return []
+        rows = [1 << k for k in range((self.batch_size - 1).bit_length() + 1)]
+        limit = min(max_tokens, int(self.artifact.meta.get("max_length", max_tokens)))
+        return [(r, s) for r in rows for s in range(self.pad_multiple, limit + 1, self.pad_multiple)]
+
+    def warm_up_shapes(self, max_tokens: int = 128) -> int:
+        """Run each bucket shape once, so CUDA graphs are captured before traffic (and /healthz) arrives."""
+        shapes = self.graph_shapes(max_tokens)
+        for rows, tokens in shapes:
+            feed = pad_rows([([0] * tokens, [0] * tokens)] * rows, tokens)
+            self.session.run({k: v for k, v in feed.items() if k in self._input_names})
+        return len(shapes)
+
     def batches(self, encodings: Sequence[Any]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """Yield (original indices, feed): longest-first groups of similar length (see split_by_padding)."""
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))

@@ -117,6 +117,7 @@ class Service:
                                  batch_size=self.config.max_batch_size, **options)
             for _ in range(self.config.warmup):  # first runs pay for kernel selection and arena growth
                 clf.predict(["warm up the model"] * min(8, self.config.max_batch_size))
+            clf.warm_up_shapes()  # with CUDA graphs: capture every bucket shape before reporting ready
             self.clf = clf
             self.batcher = Batcher(clf.predict_encoded, self.config.max_batch_size, self.config.max_delay_ms,
                                    self.config.max_queue, bucket=length_bucket,

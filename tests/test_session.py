@@ -147,3 +147,12 @@ def test_shape_buckets_for_cuda_graphs_keep_answers(tiny_onnx):
 def test_shape_buckets_default_follows_cuda_graphs(tiny_onnx):
     with TextClassifier(tiny_onnx, backend="torch", cuda_graphs=True) as cpu:
         assert not cpu.shape_buckets and cpu.pad_multiple == 8  # graphs are a CUDA thing; on CPU nothing changes
+
+
+def test_warm_up_runs_every_bucket_shape(tiny_onnx, monkeypatch):
+    with TextClassifier(tiny_onnx, batch_size=32, shape_buckets=True) as g, TextClassifier(tiny_onnx) as plain:
+        seen = []
+        run = g.session.run
+        monkeypatch.setattr(g.session, "run", lambda feed: seen.append(feed["input_ids"].shape) or run(feed))
+        assert g.warm_up_shapes(128) == 24 and plain.warm_up_shapes() == 0
+    assert sorted(set(seen)) == [(r, s) for r in (1, 2, 4, 8, 16, 32) for s in (32, 64, 96, 128)]
