@@ -101,8 +101,9 @@ def batching_table(art: Path, seconds: float) -> list[dict[str, Any]]:
         for max_batch in (32, 1):
             try:
                 with TextClassifier(art, batch_size=max_batch, **opts) as clf:
+                    clf.warm_up_shapes()  # with CUDA graphs: capture the bucket shapes before timing
                     with Batcher(clf.predict_encoded, max_batch, 0, 4096, bucket=length_bucket) as b:
-                        closed_loop(batcher_target(b, clf.encode), texts, 32, min(2.0, seconds))  # warm-up, captures
+                        closed_loop(batcher_target(b, clf.encode), texts, 32, min(2.0, seconds))  # warm-up
                         calls, items = b.stats.batches, b.stats.completed
                         r = closed_loop(batcher_target(b, clf.encode), texts, 32, seconds).summary()
                         mean = (b.stats.completed - items) / max(1, b.stats.batches - calls)
