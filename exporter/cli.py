@@ -9,7 +9,8 @@ import click
 
 from exporter import cli_serving, cli_stages
 from exporter.cli_common import (
-    KilnGroup, backend_option, describe, device_option, emit, force_option, json_option, progress,
+    KilnGroup, backend_option, cuda_graphs_option, describe, device_option, dtype_option, emit, force_option, json_option,
+    progress,
 )
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError, KilnError
@@ -120,9 +121,8 @@ def int_list(value: str, what: str) -> list[int]:
 @click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
 @click.option("--rounds", default=5, show_default=True, type=int,
               help="Interleave the timed runs of every configuration in this many rounds (fair under drift).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-              help="torch backend: weights and compute precision (default float32).")
-@click.option("--cuda-graphs", is_flag=True, help="torch backend on cuda: replay a captured CUDA graph per shape.")
+@dtype_option
+@cuda_graphs_option
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
 @json_option
 def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: str, warmup: int, iters: int,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from exporter.cli_common import backend_option, device_option, emit, json_option, progress
+from exporter.cli_common import (backend_option, cuda_graphs_option, device_option, dtype_option, emit, json_option,
+                                 progress)
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError
 
@@ -27,10 +28,8 @@ from runtime.errors import ConfigError
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=float, help="Seconds a request may wait.")
 @backend_option
 @device_option
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-              help="torch backend: weights and compute precision (default float32).")
-@click.option("--cuda-graphs", is_flag=True, help="torch backend on cuda: capture one CUDA graph per input shape "
-              "(batches padded to powers of two, sequences to multiples of 32).")
+@dtype_option
+@cuda_graphs_option
 def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_ms: float, max_queue: int, threads: int,
           spinning: bool, max_inputs: int, max_chars: int, timeout_s: float, backend: str, device: str,
           dtype: str | None, cuda_graphs: bool) -> None:
