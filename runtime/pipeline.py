@@ -123,12 +123,14 @@ class Pipeline:
                 raise InputError(f"texts[{i}] is {type(t).__name__}; every input must be a string")
         return self.tokenizer.encode_batch(list(texts))
 
+    def padded_length(self, tokens: int) -> int:
+        """The length a row of `tokens` tokens is padded to: the next multiple of pad_multiple, within max_length."""
+        length = -(-tokens // self.pad_multiple) * self.pad_multiple
+        return max(min(length, int(self.artifact.meta.get("max_length", length))), tokens)
+
     def feed_for(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
         """Pad a group of encodings to a common bucketed length and build the model feed."""
-        longest = max(len(e.ids) for e in encodings)
-        length = -(-longest // self.pad_multiple) * self.pad_multiple
-        length = min(length, int(self.artifact.meta.get("max_length", length)))
-        length = max(length, longest)
+        length = self.padded_length(max(len(e.ids) for e in encodings))
         rows = [(e.ids, e.type_ids) for e in encodings]
         if self.shape_buckets:  # repeat the first row up to a power of two; the extra rows' outputs are dropped
             rows += rows[:1] * ((1 << (len(rows) - 1).bit_length()) - len(rows))
@@ -154,7 +156,7 @@ class Pipeline:
     def batches(self, encodings: Sequence[Any]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """Yield (original indices, feed): longest-first groups of similar length (see split_by_padding)."""
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-        padded = [-(-len(encodings[i].ids) // self.pad_multiple) * self.pad_multiple for i in order]
+        padded = [self.padded_length(len(encodings[i].ids)) for i in order]
         for start, stop in split_by_padding(padded, self.batch_size, self.call_overhead_tokens):
             idx = order[start:stop]
             yield idx, self.feed_for([encodings[i] for i in idx])
