@@ -18,11 +18,11 @@ the weights' values, and the table says which one ran. From this repository's ro
 from __future__ import annotations
 
 import argparse
-from typing import Any
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -80,7 +80,8 @@ def sample_texts(artifact: Path, n: int = 512, seed: int = 0) -> list[str]:
 
     rng = random.Random(seed)
     vocab = json.loads((artifact / "tokenizer.json").read_text())["model"]["vocab"]
-    words = [w for w in vocab if w.isalpha() and w.islower() and len(w) > 2] or [f"w{i}" for i in range(1000, 30000)]
+    words = ([w for w in vocab if w.isalpha() and w.islower() and len(w) > 2]  # a real vocabulary
+             or [w for w in vocab if w[:1] == "w" and w[1:].isdigit()])  # word_tokenizer's w1000, w1001, ...
     return [" ".join(rng.choice(words) for _ in range(rng.randint(6, 50))) for _ in range(n)]
 
 
