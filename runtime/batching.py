@@ -5,11 +5,17 @@ Callers submit one item at a time (from threads or asyncio); one worker thread f
 waiting at most `max_delay_ms` after the oldest item arrived, runs them in one call, and resolves
 each caller's future with its own result. A full queue fails fast with OverloadError; an exception
 in one batch reaches exactly the callers in that batch; close() drains what was accepted.
+
+The worker must outlive anything a caller or the model does: a caller may cancel its future at any
+moment (an HTTP request that timed out, a client that left), so every hand-over to a future goes
+through `_settle`, which skips one that is already done, and nothing raised by run_batch or a hook
+escapes the loop. `alive` is what a health check should ask.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -17,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
 from runtime.errors import ConfigError, KilnError, OverloadError
+
+log = logging.getLogger("kiln.batcher")
 
 
 class RequestTimeout(KilnError):
@@ -112,13 +120,18 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread is running (false after close, or if it ever died)."""
+        return self._worker.is_alive()
+
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting; finish every accepted request (or fail them with BatcherClosed if drain=False)."""
         with self._cond:
             self._closing = True
             if not drain:
                 for req in self._pending:
-                    req.future.set_exception(BatcherClosed("the batcher closed before this request ran"))
+                    _settle(req.future, error=BatcherClosed("the batcher closed before this request ran"))
                 self._pending.clear()
             self._cond.notify_all()
         self._worker.join(timeout)
@@ -152,34 +165,64 @@ class Batcher:
                 self._cond.wait(wait)
 
     def _expire_locked(self, now: float) -> None:
-        expired = [r for r in self._pending if r.deadline is not None and r.deadline <= now]
-        if expired:
-            self._pending = [r for r in self._pending if r.deadline is None or r.deadline > now]
-            for r in expired:
+        """Drop cancelled requests (their slots are free again) and fail the ones past their deadline."""
+        keep = []
+        for r in self._pending:
+            if r.future.cancelled():
+                continue
+            if r.deadline is not None and r.deadline <= now:
                 self.stats.timed_out += 1
-                r.future.set_exception(RequestTimeout(
+                _settle(r.future, error=RequestTimeout(
                     f"request waited {now - r.enqueued:.3f}s in the queue, over its timeout"))
+                continue
+            keep.append(r)
+        self._pending = keep
 
     def _loop(self) -> None:
         while (batch := self._take_batch()) is not None:
-            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            started = time.perf_counter()
             try:
-                results = self.run_batch([r.item for r in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
-            except BaseException as e:  # noqa: BLE001 - delivered to exactly this batch's callers
-                for r in live:
-                    r.future.set_exception(e)
-                self.stats.failed += len(live)
-            else:
-                for r, res in zip(live, results):
-                    r.future.set_result(res)
-                self.stats.completed += len(live)
-            seconds = time.perf_counter() - started
-            self.stats.batches += 1
-            self.stats.batch_sizes[len(live)] = self.stats.batch_sizes.get(len(live), 0) + 1
-            if self.on_batch:
+                self._run(batch)
+            except Exception:  # noqa: BLE001 - a bug here must not become an outage; the batch is failed below
+                log.exception("batcher: unexpected error around a batch; the worker carries on")
+                for r in batch:
+                    _settle(r.future, error=RuntimeError("internal error in the batcher; see the server log"))
+
+    def _run(self, batch: list[_Request]) -> None:
+        # a future cancelled since it was queued is skipped; one that is running can no longer be cancelled
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            results = list(self.run_batch([r.item for r in live]))
+            if len(results) != len(live):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
+        except BaseException as e:  # noqa: BLE001 - delivered to exactly this batch's callers
+            for r in live:
+                _settle(r.future, error=e)
+            self.stats.failed += len(live)
+        else:
+            for r, res in zip(live, results):
+                _settle(r.future, result=res)
+            self.stats.completed += len(live)
+        seconds = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.batch_sizes[len(live)] = self.stats.batch_sizes.get(len(live), 0) + 1
+        if self.on_batch:
+            try:
                 self.on_batch(len(live), len(self._pending), seconds)
+            except Exception:  # noqa: BLE001 - a metrics hook must not stop inference
+                log.exception("batcher: on_batch hook failed")
+
+
+def _settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Resolve a future unless it is already done (a caller may cancel it at any moment)."""
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except Exception:  # noqa: BLE001 - InvalidStateError: cancelled between the check and the set
+        pass

@@ -145,3 +145,69 @@ def test_asyncio_api():
         with Batcher(Recorder(), max_batch_size=4, max_delay_ms=5) as b:
             return await asyncio.gather(*(b.asubmit(i) for i in range(6)))
     assert asyncio.run(main()) == [0, 2, 4, 6, 8, 10]
+
+
+def test_a_cancelled_request_that_times_out_does_not_kill_the_worker():
+    # issue #13.1: the expiry path called set_exception on a cancelled future; InvalidStateError killed the thread
+    gate = threading.Event()
+    b = Batcher(Recorder(gate), max_batch_size=1, max_delay_ms=0, timeout_s=0.2)
+    first = b.submit(1)
+    time.sleep(0.05)  # the worker holds item 1 at the gate
+    second = b.submit(2)
+    assert second.cancel()
+    time.sleep(0.3)  # second's deadline passes while it waits, cancelled
+    gate.set()
+    assert first.result(2) == 2
+    assert b.submit(3).result(2) == 6  # the worker still serves
+    assert b.alive
+    b.close()
+
+
+def test_the_worker_survives_cancelled_requests_in_every_state():
+    gate = threading.Event()
+    b = Batcher(Recorder(gate), max_batch_size=4, max_delay_ms=0, timeout_s=5)
+    held = b.submit(0)
+    time.sleep(0.05)
+    queued = [b.submit(i) for i in range(1, 9)]
+    for f in queued[::2]:
+        f.cancel()
+    gate.set()
+    assert held.result(2) == 0
+    assert [f.result(2) for f in queued[1::2]] == [4, 8, 12, 16]
+    assert all(f.cancelled() for f in queued[::2])
+    b.close(drain=False)
+    assert not b.alive
+
+
+def test_close_without_drain_skips_cancelled_requests():
+    gate = threading.Event()
+    b = Batcher(Recorder(gate), max_batch_size=1, max_delay_ms=0)
+    held = b.submit(1)
+    time.sleep(0.05)
+    waiting = [b.submit(2), b.submit(3)]
+    waiting[0].cancel()
+    closer = threading.Thread(target=b.close, kwargs={"drain": False})
+    closer.start()
+    time.sleep(0.05)
+    gate.set()
+    closer.join(5)
+    assert held.result(2) == 2 and waiting[0].cancelled()
+    with pytest.raises(BatcherClosed):
+        waiting[1].result(0)
+
+
+def test_a_failing_hook_or_a_bad_run_batch_does_not_kill_the_worker():
+    calls = []
+
+    def hook(size, depth, seconds):
+        calls.append(size)
+        raise RuntimeError("metrics backend down")
+
+    with Batcher(lambda items: [x + 1 for x in items], max_batch_size=2, max_delay_ms=0, on_batch=hook) as b:
+        assert b.submit(1).result(2) == 2
+        assert b.submit(2).result(2) == 3 and b.alive
+    with Batcher(lambda items: None, max_batch_size=2, max_delay_ms=0) as b:  # not even a sequence
+        with pytest.raises(TypeError):
+            b.submit(1).result(2)
+        assert b.alive
+    assert calls == [1, 1]
