@@ -1,26 +1,35 @@
-"""`kiln serve`: HTTP over TextClassifier + Batcher (starlette + uvicorn, Prometheus metrics).
+"""`kiln serve`: the model service behind the HTTP app (runtime/http_app.py), and the process around it.
 
 POST /v1/predict {"inputs": ["text", ...]} -> {"predictions": [{"label", "score", "scores"}]}
-GET /healthz -> 200 once the model is loaded and warmed up, 503 before
-GET /metrics -> Prometheus text: requests by status, latency, batch sizes, queue depth
+GET /healthz (readiness), GET /livez (liveness), GET /metrics (Prometheus), GET /openapi.json,
+POST /admin/reload (authenticated). SIGHUP reloads the artifact from disk without downtime.
+
+The service must stay truthful and up whatever a client or the model does: a model that cannot load
+ends the process with the reason (or is retried with backoff under --retry-load); a model that is
+replaced is loaded and warmed beside the old one, which keeps serving until the switch and then drains.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runtime.artifact import Artifact
 from runtime.batching import Batcher, BatcherClosed, RequestTimeout
-from runtime.errors import BackendError, ConfigError, OverloadError
+from runtime.errors import BackendError, ConfigError, InputError, KilnError, OverloadError
 from runtime.pipeline import TextClassifier
 
 BUCKET_TOKENS = 32  # requests whose token counts fall in the same 32-token band share a batch
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MIN_API_KEY_CHARS = 16
+log = logging.getLogger("kiln.serve")
 
 
 def length_bucket(encoding: Any) -> int:
@@ -46,24 +55,65 @@ class ServeConfig:
     max_chars: int = 2000
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 10.0
+    # a client must deliver its whole body within this; a slow (or stalled) upload gets 408, not a worker
+    body_timeout_s: float = 10.0
+    # open connections beyond this get 503 from uvicorn before any body is read
+    max_connections: int = 512
     backend: str = "auto"
     device: str = "cpu"
     dtype: str = ""  # torch backend: float32, float16 or bfloat16 ("": float32)
     cuda_graphs: bool = False  # torch backend on cuda: one CUDA graph per (bucketed) input shape
     warmup: int = 3
+    api_key: str = field(default="", repr=False)  # bearer token; "" = no authentication (loopback only, warned)
+    public_metrics: bool = False  # with an api key: /metrics open too (for a scraper without the token)
+    log_inputs: bool = False  # request texts in the log: off unless asked (they are user data)
+    require_signature: str = ""  # public key: refuse an artifact that is unsigned or altered since signing
+    retry_load: bool = False  # a model that cannot load: retry with backoff instead of exiting
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_queue", "max_inputs", "max_chars", "max_body_bytes"):
+        for name in ("max_batch_size", "max_queue", "max_inputs", "max_chars", "max_body_bytes", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        if self.request_timeout_s <= 0 or self.max_delay_ms < 0:
-            raise ConfigError("request_timeout_s must be > 0 and max_delay_ms >= 0")
+        for name in ("request_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.max_delay_ms >= 0:
+            raise ConfigError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
         if (self.dtype or self.cuda_graphs) and self.backend != "torch":
             raise ConfigError("dtype and cuda_graphs are options of the torch backend; add --backend torch")
         if self.cuda_graphs and self.device != "cuda":
             raise ConfigError("cuda_graphs needs --device cuda")
+        if self.api_key and (len(self.api_key) < MIN_API_KEY_CHARS or any(c.isspace() for c in self.api_key)):
+            raise ConfigError(f"the API key must be at least {MIN_API_KEY_CHARS} characters with no whitespace, "
+                              f"got {len(self.api_key)} characters")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile")
+        for name in ("ssl_certfile", "ssl_keyfile", "require_signature"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                raise ConfigError(f"{name.replace('_', '-')} {getattr(self, name)!r} is not a readable file")
+
+    @property
+    def exposed(self) -> bool:
+        """Bound beyond loopback: reachable by other machines."""
+        return self.host not in LOOPBACK and not self.host.startswith("127.")
+
+
+def read_api_key(path: str | Path | None, env_value: str | None) -> str:
+    """The bearer token from --api-key-file (its first line) or the KILN_API_KEY environment variable."""
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read --api-key-file {str(path)!r}: {e}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ConfigError(f"--api-key-file {str(path)!r} is empty; put the token on its first line")
+        return key
+    return (env_value or "").strip()
 
 
 def import_serving() -> tuple[Any, Any, Any]:
@@ -83,67 +133,170 @@ class HTTPError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-class Service:
-    """The model, its batcher and its metrics; loaded in the background so /healthz can say 'starting'."""
+@dataclass
+class Model:
+    """One loaded artifact: its classifier and the batcher in front of it."""
 
-    def __init__(self, artifact: str | Path | Artifact, config: ServeConfig) -> None:
+    artifact: Artifact
+    clf: TextClassifier
+    batcher: Batcher
+    loaded_at: float
+
+    def close(self) -> None:
+        self.batcher.close(drain=True)  # accepted requests finish before the model goes away
+        self.clf.close()
+
+
+class Service:
+    """The current model, its metrics, and loading/reloading; the model loads in the background so
+    /healthz can say 'starting'."""
+
+    def __init__(self, artifact: str | Path | Artifact, config: ServeConfig,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         _, _, prom = import_serving()
-        self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+        self.source = artifact.path if isinstance(artifact, Artifact) else Path(artifact)
         self.config = config
-        self.ready = False
-        self.error: str | None = None
-        self.clf: TextClassifier | None = None
-        self.batcher: Batcher | None = None
+        self.model: Model | None = None
+        self.error: str | None = None  # the last load failure
+        self.fatal = False  # the first load failed and will not be retried: the process should end
+        self.draining = False
+        self.on_fatal = on_fatal
+        self._reload_lock = threading.Lock()
         self.registry = prom.CollectorRegistry()
-        self.requests = prom.Counter("kiln_requests", "HTTP predict requests by status code", ["status"], registry=self.registry)
+        self.requests = prom.Counter("kiln_requests", "HTTP requests by path and status code", ["path", "status"],
+                                     registry=self.registry)
         self.latency = prom.Histogram("kiln_request_latency_seconds", "Predict request latency", registry=self.registry,
                                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.batch_size = prom.Histogram("kiln_batch_size", "Inputs per model call", registry=self.registry,
                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.batch_seconds = prom.Histogram("kiln_batch_seconds", "Model call latency", registry=self.registry)
         self.queue = prom.Gauge("kiln_queue_depth", "Inputs waiting for a batch", registry=self.registry)
-        self.queue.set_function(lambda: self.batcher.queue_depth if self.batcher else 0)
+        self.queue.set_function(lambda: self.model.batcher.queue_depth if self.model else 0)
+        self.reloads = prom.Counter("kiln_reloads", "Model loads by outcome", ["outcome"], registry=self.registry)
+        self.up = prom.Gauge("kiln_worker_alive", "1 while the batching worker runs", registry=self.registry)
+        self.up.set_function(lambda: 1 if self.model and self.model.batcher.alive else 0)
 
-    def load(self) -> None:
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and self.model.batcher.alive and not self.draining
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        if self.ready:
+            assert self.model is not None
+            return 200, {"status": "ready", "artifact": str(self.model.artifact.path)}
+        if self.draining:
+            return 503, {"status": "draining"}
+        if self.model is not None:
+            return 503, {"status": "failed", "error": "the batching worker has stopped"}
+        if self.error:
+            return 503, {"status": "failed" if self.fatal else "retrying", "error": self.error}
+        return 503, {"status": "starting"}
+
+    def liveness(self) -> tuple[int, dict[str, Any]]:
+        """Alive unless something only a restart can fix happened (a dead worker, a load that will not be retried)."""
+        if self.model is not None and not self.model.batcher.alive and not self.draining:
+            return 503, {"status": "dead", "error": "the batching worker has stopped"}
+        if self.fatal:
+            return 503, {"status": "dead", "error": self.error}
+        return 200, {"status": "alive"}
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load_model(self, source: str | Path) -> Model:
+        """Load, check and warm one artifact; the caller decides when it starts taking traffic."""
+        c = self.config
+        if c.require_signature:
+            from runtime.signing import verify_artifact
+
+            verify_artifact(source, c.require_signature)
+        art = Artifact.load(source)
+        if art.task != "text-classification":
+            raise ConfigError(f"kiln serve serves text-classification artifacts; {art.path} is {art.task!r}")
+        options: dict[str, Any] = {"threads": c.threads} if c.threads else {}
+        if c.dtype:
+            options["dtype"] = c.dtype
+        if c.cuda_graphs:
+            options["cuda_graphs"] = True
+        if c.backend in ("auto", "onnxruntime") and art.format == "onnx":
+            options["spinning"] = c.spinning
+        clf = TextClassifier(art, backend=c.backend, device=c.device, batch_size=c.max_batch_size, **options)
         try:
-            options: dict[str, Any] = {"threads": self.config.threads} if self.config.threads else {}
-            if self.config.dtype:
-                options["dtype"] = self.config.dtype
-            if self.config.cuda_graphs:
-                options["cuda_graphs"] = True
-            if self.config.backend in ("auto", "onnxruntime") and self.artifact.format == "onnx":
-                options["spinning"] = self.config.spinning
-            clf = TextClassifier(self.artifact, backend=self.config.backend, device=self.config.device,
-                                 batch_size=self.config.max_batch_size, **options)
-            for _ in range(self.config.warmup):  # first runs pay for kernel selection and arena growth
-                clf.predict(["warm up the model"] * min(8, self.config.max_batch_size))
+            for _ in range(c.warmup):  # first runs pay for kernel selection and arena growth
+                check_finite(clf.predict(["warm up the model"] * min(8, c.max_batch_size)))
             clf.warm_up_shapes()  # with CUDA graphs: capture every bucket shape before reporting ready
-            self.clf = clf
-            self.batcher = Batcher(clf.predict_encoded, self.config.max_batch_size, self.config.max_delay_ms,
-                                   self.config.max_queue, bucket=length_bucket,
-                                   timeout_s=self.config.request_timeout_s, on_batch=self._on_batch)
-            self.ready = True
-        except Exception as e:  # reported by /healthz; the process stays up for inspection
-            self.error = str(e)
+            batcher = Batcher(clf.predict_encoded, c.max_batch_size, c.max_delay_ms, c.max_queue,
+                              bucket=length_bucket, timeout_s=c.request_timeout_s, on_batch=self._on_batch)
+        except BaseException:
+            clf.close()
+            raise
+        return Model(art, clf, batcher, time.time())
+
+    def start(self) -> None:
+        """The first load (in a background thread): exit on failure, or retry with backoff under retry_load."""
+        delay = 1.0
+        while True:
+            try:
+                self.model = self.load_model(self.source)
+                self.error = None
+                self.reloads.labels("ok").inc()
+                log.info("model loaded from %s; ready", self.source)
+                return
+            except Exception as e:  # noqa: BLE001 - every load failure is reported, none is a traceback
+                self.error = describe_error(e)
+                self.reloads.labels("failed").inc()
+                if not self.config.retry_load:
+                    self.fatal = True
+                    log.error("the model failed to load: %s", self.error)
+                    if self.on_fatal:
+                        self.on_fatal(self.error)
+                    return
+                log.error("the model failed to load: %s; retrying in %.0f s", self.error, delay)
+            if self.draining:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    def reload(self, source: str | Path | None = None) -> dict[str, Any]:
+        """Load `source` (default: the serving path, re-read from disk), warm it, then switch; the old model
+        keeps serving throughout and drains afterwards. A failed load changes nothing and raises KilnError."""
+        with self._reload_lock:
+            path = Path(source) if source is not None else self.source
+            started = time.perf_counter()
+            try:
+                new = self.load_model(path)
+            except Exception as e:  # noqa: BLE001
+                self.reloads.labels("failed").inc()
+                message = describe_error(e)
+                log.error("reload from %s failed; still serving the previous model: %s", path, message)
+                raise KilnError(f"reload from {path} failed; still serving the previous model: {message}") from None
+            old, self.model = self.model, new
+            self.source, self.error, self.fatal = path, None, False
+            self.reloads.labels("ok").inc()
+            if old is not None:  # requests already queued there finish there; new ones go to `new`
+                threading.Thread(target=old.close, name="kiln-drain-old-model", daemon=True).start()
+            seconds = time.perf_counter() - started
+            log.info("reloaded model from %s in %.2f s", path, seconds)
+            return {"status": "reloaded", "artifact": str(new.artifact.path), "seconds": round(seconds, 3)}
 
     def _on_batch(self, size: int, depth: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
 
     def close(self) -> None:
-        if self.batcher:
-            self.batcher.close(drain=True)  # accepted requests finish before the model goes away
-        if self.clf:
-            self.clf.close()
+        self.draining = True
+        if self.model:
+            self.model.close()
 
+    # -- requests --------------------------------------------------------------------------------
     def parse(self, body: bytes) -> list[str]:
         c = self.config
         if len(body) > c.max_body_bytes:
             raise HTTPError(413, f"request body is {len(body)} bytes; the limit is {c.max_body_bytes}")
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HTTPError(400, f"request body is not valid JSON ({e})") from None
+        except (ValueError, RecursionError) as e:  # also non-UTF-8, 5,000-digit numbers, deep nesting
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+            raise HTTPError(400, f"request body is not valid JSON ({reason})") from None
         if not isinstance(payload, dict) or "inputs" not in payload:
             raise HTTPError(422, 'expected a JSON object {"inputs": ["text", ...]}')
         inputs = payload["inputs"]
@@ -158,70 +311,84 @@ class Service:
                 raise HTTPError(422, f"inputs[{i}] must be a string, got {type(text).__name__}")
             if len(text) > c.max_chars:
                 raise HTTPError(413, f"inputs[{i}] has {len(text)} characters; the limit is {c.max_chars}")
+            if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):  # JSON "\ud800" decodes to a lone surrogate
+                raise HTTPError(422, f"inputs[{i}] contains an unpaired UTF-16 surrogate; send valid Unicode text")
         return inputs
 
-    async def predict(self, body: bytes) -> dict[str, Any]:
-        if not self.ready or self.clf is None or self.batcher is None:
-            raise HTTPError(503, "the model is still loading" if not self.error else f"the model failed to load: {self.error}",
-                            {"Retry-After": "1"})
-        texts = self.parse(body)
-        try:
-            futures = self.batcher.submit_many(self.clf.encode(texts))
-        except (OverloadError, BatcherClosed) as e:
-            raise HTTPError(503, str(e), {"Retry-After": "1"}) from None
+    async def predict(self, texts: list[str]) -> dict[str, Any]:
+        for _ in range(2):  # a reload may close the batcher between our read of self.model and the submit
+            model = self.model
+            if not self.ready or model is None:
+                status, body = self.readiness()
+                message = {"starting": "the model is still loading", "draining": "the server is shutting down"}.get(
+                    body["status"], f"the model is not available: {body.get('error')}")
+                raise HTTPError(503, message, {"Retry-After": "1"})
+            try:
+                encodings = model.clf.encode(texts)
+                futures = model.batcher.submit_many(encodings)
+            except InputError as e:
+                raise HTTPError(422, str(e)) from None
+            except BatcherClosed as e:
+                if self.model is not model:
+                    continue  # switched to a new model: submit there
+                raise HTTPError(503, str(e), {"Retry-After": "1"}) from None
+            except OverloadError as e:
+                raise HTTPError(503, str(e), {"Retry-After": "1"}) from None
+            break
         try:
             preds = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
                                            self.config.request_timeout_s + 1)
+            check_finite(preds)
         except (RequestTimeout, asyncio.TimeoutError):
+            for f in futures:
+                f.cancel()  # what has not run yet will not run; the worker skips it
             raise HTTPError(504, f"no answer within {self.config.request_timeout_s}s") from None
+        except InputError as e:
+            raise HTTPError(422, str(e)) from None
+        except KilnError as e:  # the model failed for this batch (e.g. non-finite output): the server's fault
+            log.error("prediction failed: %s", e)
+            raise HTTPError(500, f"the model failed on this request: {e}") from None
         return {"predictions": [p.to_dict() for p in preds]}
 
 
-def create_app(service: Service) -> Any:
-    import contextlib
+def check_finite(preds: list[Any]) -> None:
+    """Refuse to answer NaN/inf: it is not JSON, and it means the model is broken, not that it is unsure."""
+    for i, p in enumerate(preds):
+        if not all(math.isfinite(v) for v in p.scores.values()):
+            raise ModelOutputNotFinite(f"the model produced non-finite scores for input {i}; the artifact is "
+                                       "corrupt or numerically unstable (run `kiln inspect --verify`)")
 
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
 
-    async def predict(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            declared = int(request.headers.get("content-length") or 0)
-            if declared > service.config.max_body_bytes:
-                raise HTTPError(413, f"request body is {declared} bytes; the limit is {service.config.max_body_bytes}")
-            response = JSONResponse(await service.predict(await request.body()))
-        except HTTPError as e:
-            response = JSONResponse({"error": e.message}, e.status, headers=e.headers)
-        service.requests.labels(str(response.status_code)).inc()
-        service.latency.observe(time.perf_counter() - started)
-        return response
+class ModelOutputNotFinite(KilnError):
+    """The model answered NaN or infinity."""
 
-    async def healthz(request: Request) -> Response:
-        if service.ready:
-            return JSONResponse({"status": "ready"})
-        body = {"status": "failed", "error": service.error} if service.error else {"status": "starting"}
-        return JSONResponse(body, 503)
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any):  # type: ignore[no-untyped-def]
-        threading.Thread(target=service.load, name="kiln-model-load", daemon=True).start()
-        yield
-        await asyncio.to_thread(service.close)
-
-    return Starlette(routes=[Route("/v1/predict", predict, methods=["POST"]), Route("/healthz", healthz),
-                             Route("/metrics", metrics)], lifespan=lifespan)
+def describe_error(e: BaseException) -> str:
+    return str(e) if isinstance(e, KilnError) else f"{type(e).__name__}: {e}"
 
 
 def serve(artifact: str | Path | Artifact, config: ServeConfig) -> None:
-    """Run until SIGINT/SIGTERM; uvicorn then stops accepting, finishes in-flight requests, and we drain."""
+    """Run until SIGINT/SIGTERM; uvicorn then stops accepting, finishes in-flight requests, and we drain.
+
+    Raises KilnError when the model could not load (so the process exits non-zero with the reason)."""
+    from runtime.http_app import create_app
+
     _, uvicorn, _ = import_serving()
-    service = Service(artifact, config)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host=config.host, port=config.port,
-                                           log_level="warning", timeout_graceful_shutdown=30, access_log=False))
+    holder: dict[str, Any] = {}
+
+    def stop(reason: str) -> None:
+        if "server" in holder:
+            holder["server"].should_exit = True
+
+    service = Service(artifact, config, on_fatal=stop)
+    if config.exposed and not config.api_key:
+        log.warning("serving on %s without authentication: anyone who can reach this port can use the model; "
+                    "give --api-key-file (or KILN_API_KEY) and TLS (--ssl-certfile/--ssl-keyfile)", config.host)
+    ssl = {"ssl_certfile": config.ssl_certfile, "ssl_keyfile": config.ssl_keyfile} if config.ssl_certfile else {}
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(service), host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=30,
+        access_log=False, limit_concurrency=config.max_connections, timeout_keep_alive=5, **ssl))
+    holder["server"] = server
     server.run()
+    if service.fatal:
+        raise KilnError(f"the model failed to load: {service.error}")

@@ -48,13 +48,17 @@ class ThreadServer:
     def __init__(self, artifact, **cfg):
         import uvicorn
 
-        from runtime.server import ServeConfig, Service, create_app
+        from runtime.http_app import create_app
+        from runtime.server import ServeConfig, Service
 
         self.port = free_port()
-        self.service = Service(artifact, ServeConfig(port=self.port, **cfg))
+        self.service = Service(artifact, ServeConfig(port=self.port, **cfg), on_fatal=self.stop)
         self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port,
                                                     log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def stop(self, reason=""):
+        self.server.should_exit = True
 
     def __enter__(self):
         self.thread.start()
@@ -103,7 +107,8 @@ def test_metrics_parse_as_prometheus(server):
     families = {f.name: f for f in text_string_to_metric_families(raw.decode())}
     assert status == 200
     assert {"kiln_requests", "kiln_request_latency_seconds", "kiln_batch_size", "kiln_queue_depth"} <= set(families)
-    by_status = {s.labels.get("status"): s.value for s in families["kiln_requests"].samples if s.name == "kiln_requests_total"}
+    by_status = {s.labels["status"]: s.value for s in families["kiln_requests"].samples
+                 if s.name == "kiln_requests_total" and s.labels["path"] == "/v1/predict"}
     assert by_status.get("200", 0) >= 1 and by_status.get("422", 0) >= 1
 
 
