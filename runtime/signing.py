@@ -217,9 +217,10 @@ def _load_public_key(path: Path) -> Any:
 def _check_curve(public_key: Any, path: Path) -> None:
     curve = getattr(getattr(public_key, "curve", None), "name", None)
     if curve not in CURVES:
-        kind = f"an elliptic-curve key on {curve}" if curve else f"a {type(public_key).__name__.lstrip('_')}"
+        algorithm = type(public_key).__name__.lstrip("_").replace("PublicKey", "")  # RSA, Ed25519, DSA, ...
+        kind = f"an elliptic-curve key on {curve}" if curve else f"a key of type {algorithm}"
         raise ArtifactError(
-            f"{str(path)!r} is {kind}; model-signing needs an elliptic-curve key on "
+            f"{str(path)!r} holds {kind}; model-signing needs an elliptic-curve key on "
             f"{', '.join(CURVES.values())} (make a pair with `kiln keygen -o DIR`)")
 
 

@@ -212,3 +212,18 @@ def test_cli_errors_are_one_line(art, keys, tmp_path):
                    "--password-env KILN_TEST_UNSET_VAR: that environment variable is not set")
     one_line_error(run("sign", tmp_path / "nowhere", "--key", private), "does not exist")
     one_line_error(run("verify", art), "Missing option '--pub'")
+
+
+def test_readme_signing_commands_run_as_written(art, tmp_path, monkeypatch):
+    from tests.test_readme import README
+
+    block = README.split("## Signed releases", 1)[1].split("```", 2)[1]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "art").rename(tmp_path / "ft-int8")
+    commands = [line.split("#", 1)[0].replace("[--json]", "").split()[1:]
+                for line in block.splitlines() if line.startswith("kiln ")]
+    assert [c[0] for c in commands] == ["keygen", "sign", "verify"]
+    for args in commands:
+        r = run(*args)
+        assert r.exit_code == 0, (args, r.output)
+    assert (tmp_path / "ft-int8" / SIGNATURE).is_file()
