@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +103,9 @@ def verify_artifact(path: str | Path, public_key_path: str | Path,
     config = ms.verifying.Config().use_elliptic_key_verifier(public_key=public_key_path) \
         .set_hashing_config(_hashing_config(ms, root, sig))
     try:
-        config.verify(root, sig)
+        # the library print()s a warning for signatures without a key id: keep stdout for --json
+        with contextlib.redirect_stdout(sys.stderr):
+            config.verify(root, sig)
     except InvalidSignature:
         raise ArtifactError(
             f"{sig} does not verify with the public key {str(public_key_path)!r}: "
