@@ -353,3 +353,32 @@ def test_serve_security_flags_fail_in_one_line(tiny_onnx, flags, match):
 
     r = CliRunner().invoke(main, ["serve", str(tiny_onnx.path), "--port", str(free_port()), *flags])
     assert r.exit_code != 0 and match in r.output and "Traceback" not in r.output
+
+
+def test_require_signature_serves_a_signed_artifact_and_refuses_an_altered_one(tiny_onnx, tmp_path):
+    import shutil
+
+    from runtime.signing import generate_key_pair, sign_artifact
+
+    private, public = generate_key_pair(tmp_path / "keys")
+    art = tmp_path / "signed"
+    shutil.copytree(tiny_onnx.path, art)
+    sign_artifact(art, private)
+    with ThreadServer(art, require_signature=str(public)) as s:
+        assert request(s.port, "POST", "/v1/predict", {"inputs": ["good"]})[0] == 200
+        labels = json.loads((art / "manifest.json").read_text())
+        labels["meta"]["labels"] = {"0": "positive", "1": "negative"}  # swapped after signing
+        (art / "manifest.json").write_text(json.dumps(labels))
+        status, _, raw = request(s.port, "POST", "/admin/reload", {})
+        assert status == 403  # no admin endpoint without a key; SIGHUP goes through the same reload:
+        with pytest.raises(Exception, match="altered after signing"):
+            s.service.reload()
+        assert request(s.port, "POST", "/v1/predict", {"inputs": ["good"]})[0] == 200  # the old model serves on
+    proc, _ = serve_process(art, "--require-signature", str(public))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "error: the model failed to load:" in out and "altered after signing" in out
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(tiny_onnx.path, unsigned)
+    proc, _ = serve_process(unsigned, "--require-signature", str(public))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "has no signature" in out
