@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["prune_table", "quant_table", "serve_table", "profile_ops", "batch_scaling",
-                                    "batch_answers"])
+                                    "batch_answers", "reliability"])
 def test_recipe_help(module):
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.runs.{module}", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
@@ -75,3 +75,13 @@ def test_batch_answers_recipe_runs(tiny_onnx, tmp_path):
     # fp32: padding is masked, so batching changes nothing
     assert all(r["labels_changed_vs_batch_1"] == 0 and r["labels_differ_from_reference"] == 0 for r in rows)
     assert all(r["max_abs_prob_diff"] < 1e-5 for r in rows)
+
+
+def test_reliability_recipe_reports_clean_cases(tiny_onnx, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = recipe("reliability", "--artifact", tiny_onnx.path, "--quick", "--only", "auth", "--out", tmp_path, cwd=root)
+    report = json.loads((tmp_path / "reliability.json").read_text())
+    assert [r["outcome"] for r in report["rows"]] == ["clean"] and "401, 401, 200" in report["rows"][0]["observed"]
+    assert "1 of 1 cases clean" in (tmp_path / "reliability.md").read_text() and "wrote" in out
