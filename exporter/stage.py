@@ -42,15 +42,16 @@ def identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def same_path(a: str | Path, b: str | Path) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
 def check_not_source(out: Path, source: str | Path | None) -> None:
-    """Writing over the artifact a stage reads would destroy its reference and loop its lineage."""
-    if source is not None and same_path(out, source):
-        raise ArtifactError(f"output {str(out)!r} is the artifact this stage reads; "
-                            "write to another directory (-o) and rename it afterwards if you must")
+    """Writing over the artifact a stage reads (or a folder holding it, with --force) would destroy the
+    reference the new artifact's lineage points to, and make that lineage loop back on itself."""
+    if source is None:
+        return
+    out_real, src_real = os.path.realpath(out), os.path.realpath(source)
+    if src_real == out_real or src_real.startswith(out_real.rstrip(os.sep) + os.sep):
+        what = "is" if src_real == out_real else "contains"
+        raise ArtifactError(f"output {str(out)!r} {what} the artifact this stage reads ({source}); replacing it "
+                            "would destroy the reference the new artifact's lineage points to: give another -o")
 
 
 @contextlib.contextmanager

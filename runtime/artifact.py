@@ -190,9 +190,21 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def hash_files(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under root except the manifest, keyed by relative path."""
-    return {str(f.relative_to(root)): file_sha256(f)
-            for f in sorted(root.rglob("*")) if f.is_file() and f.name != MANIFEST}
+    """sha256 of every regular file under root except the manifest, keyed by relative path.
+
+    Artifacts nested below root (`kiln export model -o model/onnx`) and Kiln's staging folders are not
+    part of root's content: writing them must not change the hash that later artifacts check root against.
+    """
+    nested = {m.parent for m in root.rglob(MANIFEST) if m.parent != root}
+    out = {}
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if f.name == MANIFEST or any(p in nested for p in f.parents) or not f.is_file():
+            continue
+        if any(".kiln-tmp-" in part or ".kiln-old-" in part for part in rel.parts):
+            continue
+        out[str(rel)] = file_sha256(f)
+    return out
 
 
 def digest_of(files: dict[str, str]) -> str:

@@ -268,3 +268,15 @@ def test_torch_backend_refuses_a_changed_hf_artifact(tiny_bert, tmp_path):
     (src / "config.json").write_text((src / "config.json").read_text() + " ")
     with pytest.raises(BackendError, match="config.json.*loads only what the hashes say"):
         open_session(art, backend="torch").open()
+
+
+def test_an_artifact_written_inside_its_source_keeps_the_source_hash(tiny_bert, tmp_path):
+    """`kiln export model -o model/onnx`: the new folder is not part of the checkpoint the hash covers."""
+    from exporter.load import load_checkpoint
+    from exporter.onnx_export import OnnxConfig, to_onnx
+
+    src = tmp_path / "model"
+    shutil.copytree(tiny_bert, src)
+    art = to_onnx(load_checkpoint(src, "text-classification"), OnnxConfig(validate=False), src / "onnx")
+    with open_session(art, backend="torch") as s:
+        assert s.describe().startswith("torch")

@@ -167,3 +167,13 @@ def test_quantize_keeps_its_temporary_files_inside_the_staging_folder(tiny_onnx,
     quantize(tiny_onnx, QuantConfig(op_types=("Gather",), optimize=False, validate=False), tmp_path / "q", report=True)
     assert made and all(tmp_path in p.parents for p in made), made
     assert hidden(tmp_path) == []
+
+
+def test_an_output_holding_the_source_is_refused(tmp_path):
+    src = tmp_path / "parent" / "src"
+    src.mkdir(parents=True)
+    (src / "model.onnx").write_text("x")
+    with pytest.raises(ArtifactError, match="contains the artifact this stage reads"):
+        with atomic_output(tmp_path / "parent", force=True, source=src):
+            pass
+    assert (src / "model.onnx").is_file() and hidden(tmp_path) == []
