@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from exporter.staging import make_staging_dir, remove_stale, staging_name
+from exporter.staging import earlier_writer, make_staging_dir, remove_stale, staging_name
 from runtime.artifact import Artifact, Step, digest_of, hash_files, library_versions
 from runtime.errors import ArtifactError
 
@@ -134,8 +134,13 @@ def atomic_output(out: str | Path, force: bool = False, source: str | Path | Non
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(out.parent)
         tmp = make_staging_dir(out)
+        rival = earlier_writer(out, tmp)
     except OSError as e:
         raise ArtifactError(f"cannot write beside output {str(out)!r}: {e.strerror or e}") from None
+    if rival is not None:  # fail now rather than after the work; the rename would refuse anyway
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"another Kiln run (pid {rival}) is already writing {str(out)!r}; "
+                            "wait for it to finish, or give another -o")
     try:
         with terminate_cleanly():
             yield tmp

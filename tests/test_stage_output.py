@@ -144,6 +144,18 @@ def test_sigterm_removes_the_staging_folder(tmp_path):
     assert hidden(tmp_path) == [] and not (tmp_path / "a").exists()
 
 
+def test_a_second_process_writing_the_same_output_stops_before_the_work(tmp_path):
+    proc, staged = start_hanging_stage(tmp_path / "a")
+    try:
+        with pytest.raises(ArtifactError, match=rf"another Kiln run \(pid {proc.pid}\) is already writing"):
+            with atomic_output(tmp_path / "a"):
+                pytest.fail("the block ran although another process is writing the same output")
+        assert hidden(tmp_path) == [staged.name]  # its folder is left alone, ours is gone
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_a_live_runs_staging_folder_is_left_alone(tmp_path):
     with atomic_output(tmp_path / "a") as first:
         with atomic_output(tmp_path / "b") as second:
