@@ -92,7 +92,7 @@ def finetune(artifact: Artifact, train: LabelledTexts, dev: LabelledTexts | None
     if dev is not None and dev.label_names != train.label_names:
         raise DataError(f"eval labels {dev.label_names} differ from training labels {train.label_names}")
     started = time.perf_counter()
-    with atomic_output(out, force) as staged:
+    with atomic_output(out, force, source=artifact.path) as staged:
         torch.manual_seed(config.seed)
         progress(f"loading {artifact.path} with a {len(train.label_names)}-label head")
         model = load_torch_model(artifact, num_labels=len(train.label_names))

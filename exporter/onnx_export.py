@@ -125,7 +125,7 @@ def to_onnx(artifact: Artifact, config: OnnxConfig, out: str | Path, force: bool
         raise ConfigError(f"to_onnx reads an 'hf' artifact, got {artifact.format!r} ({artifact.path})")
     started = time.perf_counter()
     out = Path(out)
-    with atomic_output(out, force) as staged:
+    with atomic_output(out, force, source=artifact.path) as staged:
         progress(f"loading {artifact.meta.get('model_type', '')} model from {artifact.path}")
         model = load_torch_model(artifact, attn_implementation=EXPORT_ATTENTION)
         model_path = staged / "model.onnx"

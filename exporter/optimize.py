@@ -20,7 +20,7 @@ def optimize(artifact: Artifact, out: str | Path, force: bool = False, progress:
         raise ConfigError(f"optimize reads an fp32 'onnx' artifact; {artifact.path} is "
                           f"{artifact.meta.get('precision') or artifact.format}")
     started = time.perf_counter()
-    with atomic_output(out, force) as staged:
+    with atomic_output(out, force, source=artifact.path) as staged:
         copy_sidecars(artifact, staged)
         shutil.copy2(artifact.model_file, staged / artifact.model_file.name)
         progress("fusing with onnxruntime's transformer optimizer")

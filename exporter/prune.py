@@ -231,7 +231,7 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
         raise ConfigError("structured pruning scores heads and neurons on data: pass --data train.csv")
     started = time.perf_counter()
     max_length = config.max_length or int(artifact.meta.get("max_length", 128))
-    with atomic_output(out, force) as staged:
+    with atomic_output(out, force, source=artifact.path) as staged:
         model = load_torch_model(artifact)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(artifact.path))
         input_names = [s.name for s in artifact.inputs]

@@ -17,7 +17,7 @@ from calibration.datasets import LabelledTexts
 from calibration.readers import validation_feeds
 from exporter.compare import compare, tolerance_for
 from exporter.onnx_export import fuse_graph
-from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet
+from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet, temp_files_in
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError, InputError, ValidationError
 from runtime.session import open_session, validate_feed
@@ -210,7 +210,8 @@ def sensitivity(pre: Path, staged: Artifact, cfg: QuantConfig, calib: list[dict[
     nodes = quantizable_nodes(pre, tuple(o for o in cfg.op_types if o not in cfg.exclude_op_types))
     progress(f"sensitivity analysis over {len(nodes)} nodes (each quantized alone)")
     rows = []
-    tmp = Path(tempfile.mkdtemp(prefix="kiln-sens-"))
+    # inside the staging folder, so an interrupted run leaves nothing in the system temp folder
+    tmp = Path(tempfile.mkdtemp(prefix=".sensitivity-", dir=staged.path))
     try:
         one = tmp / "one.onnx"
         fp32 = Artifact(tmp, "onnx", staged.task, staged.inputs, staged.outputs, meta={"model_file": pre.name})
@@ -245,7 +246,8 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
     if calibration is not None and config.method == "static-int8":
         calib = check_calibration(artifact, calibration, fixed_shape=config.calibrator != "minmax")
     started = time.perf_counter()
-    with atomic_output(out, force) as staged:
+    # onnxruntime's quantizer writes model-sized temp files: keep them inside the staging folder
+    with atomic_output(out, force, source=artifact.path) as staged, temp_files_in(staged / ".tmp"):
         copy_sidecars(artifact, staged)
         pre = staged / "model.fp32.onnx"
         progress("preparing the graph" + (" (fusing attention/LayerNorm/Gelu)" if config.optimize else ""))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ArtifactError
+from runtime.manifest import DIGEST_FIELD, changed_fields, check_manifest, content_digests
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -108,7 +109,10 @@ class Artifact:
         }
 
     def write_manifest(self) -> None:
-        (self.path / MANIFEST).write_text(json.dumps(self.to_manifest(), indent=2, sort_keys=False) + "\n")
+        """Write manifest.json with digests of its own content, which `verify_manifest` compares."""
+        d = self.to_manifest()
+        d[DIGEST_FIELD] = content_digests(d)
+        (self.path / MANIFEST).write_text(json.dumps(d, indent=2, sort_keys=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Artifact:
@@ -124,32 +128,50 @@ class Artifact:
                 f"{str(p)!r} is not a Kiln artifact (no {MANIFEST}); "
                 f"make one with `kiln export SOURCE --task TASK -o {p}`")
         try:
-            d = json.loads(mpath.read_text())
+            d = json.loads(mpath.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArtifactError(f"{mpath} is not valid JSON ({e})") from None
+        except RecursionError:
+            raise ArtifactError(f"{mpath} is not a manifest Kiln wrote (nested too deeply)") from None
+        except OSError as e:
+            raise ArtifactError(f"cannot read {mpath}: {e.strerror or e}") from None
         version = d.get("schema_version") if isinstance(d, dict) else None
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
             raise ArtifactError(
                 f"{mpath} has schema_version {version!r}; this Kiln reads versions 1..{SCHEMA_VERSION} "
                 "(upgrade modelkiln to read newer artifacts)")
-        try:
-            return cls(
-                path=p, format=d["format"], task=d["task"],
-                inputs=tuple(TensorSpec.from_dict(s) for s in d["inputs"]),
-                outputs=tuple(TensorSpec.from_dict(s) for s in d["outputs"]),
-                lineage=tuple(Step.from_dict(s) for s in d.get("lineage", [])),
-                meta=d.get("meta", {}), files=d.get("files", {}))
-        except (KeyError, TypeError) as e:
-            raise ArtifactError(f"{mpath} is missing or has a malformed field: {e}") from None
+        # everything below is read as if a stranger wrote it: types, and paths that stay inside `p`
+        check_manifest(d, mpath, p, FORMATS)
+        return cls(
+            path=p, format=d["format"], task=d["task"],
+            inputs=tuple(TensorSpec.from_dict(s) for s in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(s) for s in d["outputs"]),
+            lineage=tuple(Step.from_dict(s) for s in d.get("lineage", [])),
+            meta=d.get("meta", {}), files=d.get("files", {}))
 
     def verify(self) -> list[str]:
         """Recompute every file's sha256; return the relative paths that are missing or changed."""
         bad = []
         for rel, digest in self.files.items():
             f = self.path / rel
-            if not f.is_file() or file_sha256(f) != digest:
+            try:
+                if not f.is_file() or file_sha256(f) != digest:
+                    bad.append(rel)
+            except OSError:  # unreadable counts as changed: it cannot be shown to match
                 bad.append(rel)
         return bad
+
+    def verify_manifest(self) -> list[str] | None:
+        """Manifest fields (`meta.labels`, `lineage`, ...) changed since it was written; None when the
+        manifest records no digests of itself (made by an older Kiln), so its content cannot be checked."""
+        mpath = self.path / MANIFEST
+        try:
+            d = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return [MANIFEST]
+        if not isinstance(d, dict):
+            return [MANIFEST]
+        return changed_fields(d)
 
     def source_path(self) -> Path | None:
         """The artifact this one was made from (for opening the torch reference), if recorded."""
@@ -168,9 +190,21 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def hash_files(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under root except the manifest, keyed by relative path."""
-    return {str(f.relative_to(root)): file_sha256(f)
-            for f in sorted(root.rglob("*")) if f.is_file() and f.name != MANIFEST}
+    """sha256 of every regular file under root except the manifest, keyed by relative path.
+
+    Artifacts nested below root (`kiln export model -o model/onnx`) and Kiln's staging folders are not
+    part of root's content: writing them must not change the hash that later artifacts check root against.
+    """
+    nested = {m.parent for m in root.rglob(MANIFEST) if m.parent != root}
+    out = {}
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if f.name == MANIFEST or any(p in nested for p in f.parents) or not f.is_file():
+            continue
+        if any(".kiln-tmp-" in part or ".kiln-old-" in part for part in rel.parts):
+            continue
+        out[str(rel)] = file_sha256(f)
+    return out
 
 
 def digest_of(files: dict[str, str]) -> str:

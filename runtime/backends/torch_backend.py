@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.artifact import Artifact
+from runtime.artifact import MANIFEST, Artifact, digest_of, hash_files
 from runtime.errors import BackendError, ConfigError
 from runtime.session import Session
 from runtime.tasks import task_info
@@ -26,20 +27,86 @@ def import_torch() -> Any:
 
 
 def model_dir_for(artifact: Artifact) -> Path:
-    """hf artifacts are the model directory; onnx artifacts point back to the checkpoint they came from."""
+    """The checkpoint directory to load: hf/torch artifacts are one; onnx artifacts point back (through their
+    lineage) to the checkpoint they came from. Each hop is checked against the hash its step recorded."""
     if artifact.format in ("hf", "torch"):
+        changed = artifact.verify()
+        if changed:
+            raise BackendError(f"{artifact.path}: {len(changed)} file(s) changed since the manifest was written "
+                               f"({', '.join(changed[:3])}); the torch backend loads only what the hashes say")
         return artifact.path
-    src = artifact.source_path()
-    while src is not None and (src / "manifest.json").is_file():
+    seen = {os.path.realpath(artifact.path)}
+    current = artifact
+    while True:
+        step = next((s for s in reversed(current.lineage) if s.source), None)
+        if step is None or step.source is None:
+            raise BackendError(f"the torch backend needs the checkpoint {artifact.path} was made from, "
+                               "but its lineage records none; use --backend onnxruntime")
+        src = Path(step.source)
+        if os.path.realpath(src) in seen:
+            raise BackendError(
+                f"the lineage of {artifact.path} loops back to {src} (an artifact written over its own source, "
+                "as `kiln quantize X -o X --force` once could); re-make it from its checkpoint, "
+                "or use --backend onnxruntime")
+        seen.add(os.path.realpath(src))
+        if not src.is_dir():
+            raise BackendError(f"the torch backend needs the checkpoint {artifact.path} was made from, "
+                               f"but its lineage points to {str(src)!r}, which is not there")
+        check_source(src, step.inputs_sha256, current.path)
+        if not (src / MANIFEST).is_file():
+            if not (src / "config.json").is_file():
+                raise BackendError(f"the torch backend needs the checkpoint {artifact.path} was made from, "
+                                   f"but {str(src)!r} (from its lineage) is not a model directory")
+            return src
         parent = Artifact.load(src)
         if parent.format in ("hf", "torch"):
             return parent.path
-        src = parent.source_path()
-    if src is None or not (src / "config.json").is_file():
+        current = parent
+
+
+def check_source(src: Path, recorded: str | None, made: Path) -> None:
+    """The source directory must hold exactly the files the step that read it hashed."""
+    if recorded is None:
+        raise BackendError(f"the lineage of {made} records no hash of its source {src}, so the torch backend "
+                           "cannot check what it would load; re-make the artifact, or use --backend onnxruntime")
+    if digest_of(hash_files(src)) != recorded:
+        raise BackendError(f"{src} changed since {made} was made from it (its files no longer match the hash in "
+                           f"the lineage); the torch backend will not load it: re-make the artifact from the "
+                           "current checkpoint, or use --backend onnxruntime")
+
+
+def load_checkpoint_model(auto: Any, model_dir: Path, trust_pickle: bool) -> Any:
+    """from_pretrained with the same pickle gate as `kiln export --trust-pickle`, refusing missing weights.
+
+    transformers fills weights a checkpoint lacks (an untrained classification head) with new random
+    values on every load, so two sessions of one artifact would disagree: that is refused, not drawn.
+    """
+    import transformers
+
+    from runtime.backends.torch_structure import STRUCTURE_KEY, build_structured
+
+    safe = any((model_dir / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
+    pickled = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if (model_dir / n).is_file()]
+    if not safe and pickled and not trust_pickle:
+        raise BackendError(f"{model_dir / pickled[0]} holds pickled weights, which can run arbitrary code when "
+                           "loaded; open the torch backend with trust_pickle=True if you trust its origin, "
+                           "or convert it to .safetensors")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(model_dir))
+        if getattr(config, STRUCTURE_KEY, None) is not None:
+            return build_structured(auto, str(model_dir), config)  # strict, safetensors only
+        kwargs = {} if trust_pickle and not safe else {"use_safetensors": True}
+        model, info = auto.from_pretrained(str(model_dir), output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(f"the torch backend could not load {model_dir}: {first}") from None
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith("position_ids")]  # buffers, not weights
+    if missing:
         raise BackendError(
-            f"the torch backend needs the checkpoint {artifact.path} was made from, "
-            f"but its lineage points to {str(src)!r}, which is not there")
-    return src
+            f"{model_dir} has no weights for {', '.join(sorted(missing)[:4])}{' ...' if len(missing) > 4 else ''} "
+            "(an untrained task head); the torch backend refuses to draw them at random on each load: "
+            "fine-tune it first (`kiln finetune`), or use --backend onnxruntime (the ONNX file keeps its head)")
+    return model
 
 
 def capture_safe_mask(mask: Any, dtype: Any, model_type: str) -> Any:
@@ -73,6 +140,7 @@ def graphable_forward(model: Any, inputs: dict[str, Any]) -> Any:
 
 class TorchSession(Session):
     """Options: dtype (float32|float16|bfloat16), threads, model (an already-loaded nn.Module to wrap),
+    trust_pickle (allow a checkpoint whose only weights are a pickled pytorch_model.bin),
     cuda_graphs (on cuda: capture one CUDA graph per input shape into pre-allocated buffers, then replay;
     at most max_graphs shapes, after which new shapes run eagerly)."""
 
@@ -96,9 +164,10 @@ class TorchSession(Session):
         if self._model is None:
             transformers.utils.logging.disable_progress_bar()
             auto = getattr(transformers, task_info(self.artifact.task).auto_class)
-            from runtime.backends.torch_structure import from_pretrained_any
-
-            self._model = from_pretrained_any(auto, str(model_dir_for(self.artifact))).eval()
+            trust_pickle = self.options.get("trust_pickle", False)
+            if not isinstance(trust_pickle, bool):
+                raise ConfigError(f"trust_pickle must be True or False, got {trust_pickle!r}")
+            self._model = load_checkpoint_model(auto, model_dir_for(self.artifact), trust_pickle).eval()
         self._model.to(device=self.device, dtype=getattr(torch, dtype))
 
     def describe(self) -> str:
