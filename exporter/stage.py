@@ -171,9 +171,13 @@ def temp_files_in(folder: Path) -> Iterator[Path]:
 
 
 def copy_sidecars(artifact: Artifact, staged: Path) -> None:
-    """Copy everything but the manifest and the model file (tokenizer, label files, range caches)."""
+    """Copy everything but the manifest, the model file and the signature (tokenizer, label files, range caches).
+
+    A signature vouches for its own artifact only: a derived one copied with it would fail verification."""
+    from runtime.signing import SIGNATURE
+
     for f in artifact.path.iterdir():
-        if f.is_file() and f.name not in ("manifest.json", artifact.model_file.name):
+        if f.is_file() and f.name not in ("manifest.json", artifact.model_file.name, SIGNATURE):
             shutil.copy2(f, staged / f.name)
 
 

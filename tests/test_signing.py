@@ -228,3 +228,11 @@ def test_readme_signing_commands_run_as_written(art, tmp_path, monkeypatch):
         r = run(*args)
         assert r.exit_code == 0, (args, r.output)
     assert (tmp_path / "ft-int8" / SIGNATURE).is_file()
+
+
+def test_a_derived_artifact_does_not_inherit_the_signature(signed, tmp_path):
+    from exporter.quantize import QuantConfig, quantize
+    from runtime import Artifact
+
+    out = quantize(Artifact.load(signed), QuantConfig(method="dynamic-int8"), tmp_path / "int8")
+    assert not (out.path / SIGNATURE).exists()
