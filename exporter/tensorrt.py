@@ -272,9 +272,9 @@ def to_tensorrt(artifact: Artifact, config: BuildConfig, out: str | Path, force:
             serialized = builder.build_serialized_network(network, bcfg)
         build_seconds = round(time.perf_counter() - build_started, 3)
         if serialized is None:
+            said = adapter.logger.errors[-1][-300:] if adapter.logger.errors else "no reason logged"
             raise ArtifactError(f"{display} could not build an engine from {artifact.model_file} "
-                                f"(precision {config.precision}, profiles {profiles}); run with a larger --workspace-mb, "
-                                "or check the graph with `polygraphy inspect model`")
+                                f"(precision {config.precision}): {said}")
         engine_bytes = memoryview(serialized).nbytes
         (staged / ENGINE_FILE).write_bytes(memoryview(serialized))
         cache_after = write_timing_cache(config.timing_cache, adapter.save_timing_cache(bcfg)) if config.timing_cache else None

@@ -24,10 +24,10 @@ class Adapter:
     def __init__(self, key: str, gpu: Gpu | None) -> None:
         self.key = key
         self.flavour = FLAVOURS[key]
-        self.trt = import_flavour(key)
+        self.trt = import_flavour(key, "or build ahead of time with --trt rtx" if key == "tensorrt" else "or --trt tensorrt on a GPU machine")
         self.version = str(self.trt.__version__)
         self.gpu = gpu
-        self.logger = self.trt.Logger(self.trt.Logger.ERROR)  # parser errors are collected, not logged twice
+        self.logger = collecting_logger(self.trt)
         if key == "tensorrt" and gpu is None:
             raise BackendError("TensorRT builds an engine on the GPU it will run on, and this machine has none; "
                                "build on a GPU machine, or build ahead of time with --trt rtx (pip install tensorrt-rtx)")
@@ -122,6 +122,21 @@ class Adapter:
                 pass
 
         return Monitor()
+
+
+def collecting_logger(trt: Any) -> Any:
+    """An ILogger that keeps errors for Kiln's one-line message instead of printing TensorRT's multi-line log."""
+
+    class Collecting(trt.ILogger):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity <= trt.ILogger.Severity.ERROR:
+                self.errors.append(" ".join(str(msg).split()))
+
+    return Collecting()
 
 
 def sm_text(capability: Any) -> str:

@@ -338,3 +338,42 @@ def test_engine_runs_and_matches_onnxruntime(tiny_onnx, tmp_path):
         np.testing.assert_allclose(trt.run(feed(4, 16))["logits"], ort.run(feed(4, 16))["logits"], atol=1e-3)
         with pytest.raises(InputError, match=r"got shape \(1, 4\); the engine's profile allows batch 1..32, sequence 8..160"):
             trt.run(feed(1, 4))
+
+
+def test_gpu_check_engine_section_says_why_it_skipped(tiny_onnx, monkeypatch):
+    from benchmarks.gpu_check import engine_table
+
+    monkeypatch.setattr("runtime.backends.trt.installed_flavours", lambda: {})
+    assert engine_table(tiny_onnx.path, [1], 16, 2) == "skipped: no TensorRT"
+    monkeypatch.setattr("runtime.backends.trt.installed_flavours", lambda: {"rtx": "1.7.1"})
+    monkeypatch.setattr("runtime.backends.trt.detect_gpu", lambda: None)
+    assert engine_table(tiny_onnx.path, [1], 16, 2) == "skipped: no GPU"
+
+
+def test_heartbeat_reports_while_a_builder_without_progress_monitor_runs():
+    import time
+
+    from exporter.tensorrt import Heartbeat
+
+    lines: list[str] = []
+    with Heartbeat(lines.append, every=0.01):
+        time.sleep(0.1)
+    assert lines and lines[0].startswith("builder running (")
+
+
+@pytest.mark.tensorrt
+def test_readme_build_commands_run(tiny_onnx, tmp_path, monkeypatch):
+    import re
+    import shlex
+
+    block = (REPO / "README.md").read_text().split("## TensorRT engines", 1)[1].split("```", 2)[1]
+    cmds = [shlex.split(re.sub(r"\[[^\]]*\]", "", line.split("#", 1)[0]))[1:] for line in block.splitlines()
+            if line.startswith(("kiln build", "kiln inspect"))]
+    assert [c[0] for c in cmds] == ["build", "build", "inspect"]
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_onnx.path, tmp_path / "minilm-onnx")
+    qdq_artifact(tiny_onnx, tmp_path / "minilm-qdq")
+    for args in cmds:
+        result = run(*args)
+        assert result.exit_code == 0, (args, result.output)
+    assert "precision fp16" in result.output

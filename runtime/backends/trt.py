@@ -38,14 +38,13 @@ FLAVOURS = {
 }
 
 
-def import_flavour(key: str) -> Any:
-    """The flavour's Python module; a clear error naming the package when it is absent."""
+def import_flavour(key: str, alternative: str) -> Any:
+    """The flavour's Python module; a clear error naming the package (and `alternative`) when it is absent."""
     flavour = FLAVOURS[key]
     try:
         return importlib.import_module(flavour.module)
     except ImportError:
-        raise BackendError(f"{flavour.display} is not installed; pip install {flavour.pip} "
-                           "(or use the ONNX artifact with --backend onnxruntime)") from None
+        raise BackendError(f"{flavour.display} is not installed; pip install {flavour.pip} ({alternative})") from None
 
 
 def installed_flavours() -> dict[str, str]:
@@ -222,7 +221,7 @@ class TensorRTSession(Session):
 
     def _open(self) -> None:
         record = self.check()
-        trt = import_flavour(record["flavour"])
+        trt = import_flavour(record["flavour"], "or run the ONNX artifact with --backend onnxruntime")
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
