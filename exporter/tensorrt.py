@@ -181,6 +181,8 @@ def parse_failure(parser: Any, trt: Any, ops: dict[str, list[str]], display: str
     unsupported = sorted(op for op in ops if not parser.supports_operator(op.split("::")[-1]))
     missed = [f"{ops[op][0]} ({op}): unsupported op" for op in unsupported if op.split("::")[-1] not in named]
     summary = f"; unsupported op types: {', '.join(unsupported)}" if unsupported else ""
+    if any(op.startswith("com.microsoft::") for op in unsupported):
+        summary += " (onnxruntime's fused ops: build from an ONNX exported without --optimize)"
     return ArtifactError(f"{display} cannot parse {path}: {len(errors) + len(missed)} error(s): "
                          f"{'; '.join(errors + missed)}{summary}")
 

@@ -338,6 +338,7 @@ class CudaPythonBuffers(DeviceBuffers):
         self.cudart = cudart
         self.stream_handle = int(self.call(cudart.cudaStreamCreate()))
         self.pointers: dict[str, tuple[int, np.dtype]] = {}
+        self.staged: dict[str, np.ndarray] = {}
 
     def call(self, result: Any) -> Any:
         err, *rest = result if isinstance(result, tuple) else (result,)
@@ -351,7 +352,9 @@ class CudaPythonBuffers(DeviceBuffers):
         return ptr
 
     def upload(self, name: str, value: np.ndarray) -> None:
-        ptr, _ = self.pointers[name]
+        ptr, dtype = self.pointers[name]
+        value = np.ascontiguousarray(value, dtype=dtype)  # e.g. int64 ids into an int32 binding
+        self.staged[name] = value  # the async copy reads it after this returns: keep it alive until the next call
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         self.call(self.cudart.cudaMemcpyAsync(ptr, value.ctypes.data, value.nbytes, kind, self.stream_handle))
 
