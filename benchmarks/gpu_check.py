@@ -1,7 +1,8 @@
 """One prepared GPU check: run the `gpu` tests (incl. a bf16-autocast fine-tuning step on CUDA), time
 the MiniLM classifier on CUDA vs CPU across batch sizes, then measure what micro-batching gives a
 service on each: 32 closed-loop callers of an in-process Batcher, max batch 32 vs 1 (issue 4's ratio,
-without HTTP).
+without HTTP). Where TensorRT (or TensorRT-RTX) and a GPU are present, it also builds an fp16 engine and times
+it; otherwise it prints "skipped: no TensorRT" (or "skipped: no GPU").
 
     python benchmarks/gpu_check.py [--artifact ONNX_CLASSIFIER_DIR] [--model minilm|random] [--batch-sizes 1,8,32,128]
                                    [--serve-seconds 10]
@@ -118,6 +119,31 @@ def batching_table(art: Path, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
+def engine_table(art: Path, batch_sizes: list[int], seq_len: int, iters: int) -> list[dict[str, Any]] | str:
+    """Build an fp16 TensorRT engine from the ONNX artifact, check it against onnxruntime, time it."""
+    from exporter.tensorrt import BuildConfig, to_tensorrt
+    from runtime.artifact import Artifact
+    from runtime.backends.trt import detect_gpu, installed_flavours
+
+    if not installed_flavours():
+        return "skipped: no TensorRT"
+    if detect_gpu() is None:
+        return "skipped: no GPU"
+    onnx_art = Artifact.load(art)
+    try:
+        engine = to_tensorrt(onnx_art, BuildConfig(precision="fp16"), Path(tempfile.mkdtemp()) / "engine")
+        rows = []
+        with open_session(engine, device="cuda") as s, open_session(onnx_art) as ref:
+            feed = token_feed(s, 4, min(seq_len, 64))
+            diff = max(float(abs(s.run(feed)[k] - ref.run(feed)[k]).max()) for k in s.run(feed))
+            for b in [b for b in batch_sizes if b <= 32]:  # the default profile's largest batch
+                r = measure_latency(s, token_feed(s, b, seq_len), warmup=5, iters=iters)
+                rows.append({"config": f"{s.describe()} fp16 (max abs diff vs onnxruntime {diff:.1e})"} | r.to_dict())
+        return rows
+    except KilnError as e:  # e.g. an RTX engine on a GPU it does not target: the refusal is the result
+        return f"unavailable: {e}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifact", type=Path, help="an ONNX text-classification artifact (default: export minilm)")
@@ -161,6 +187,9 @@ def main() -> None:
         except KilnError as e:
             rows.append({"config": label, "backend": f"unavailable: {e}"})
     print(table(rows, ["config", "backend", "batch", "seq_len", "p50_ms", "p99_ms", "throughput"]))
+    engines = engine_table(art, [int(x) for x in args.batch_sizes.split(",")], args.seq_len, args.iters)
+    print("\nTensorRT engine: " + (engines if isinstance(engines, str) else "\n" + table(
+        engines, ["config", "batch", "seq_len", "p50_ms", "p99_ms", "throughput"])))
     if args.serve_seconds > 0:
         print(f"\nmicro-batching: 32 closed-loop callers, in-process Batcher, {args.serve_seconds:g} s per run")
         print(table(batching_table(art, args.serve_seconds),

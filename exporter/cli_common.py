@@ -76,6 +76,17 @@ def describe(art: Artifact) -> str:
     lines += [f"output    {s.describe()}" for s in art.outputs]
     if art.labels:
         lines.append("labels    " + ", ".join(f"{k}={v}" for k, v in sorted(art.labels.items())))
+    trt = art.meta.get("tensorrt")
+    if isinstance(trt, dict):  # what built the engine, and for which GPUs: the runtime checks the same record
+        from runtime.backends.trt import FLAVOURS, target_text
+
+        flavour = FLAVOURS.get(trt.get("flavour", ""))
+        lines.append(f"engine    {flavour.display if flavour else trt.get('flavour')} {trt.get('version')}, "
+                     f"for {target_text(trt.get('target', {}))}")
+        lines.append(f"precision {trt.get('precision')} (kernels: {', '.join(trt.get('precisions', []))}; "
+                     f"flags: {', '.join(trt.get('builder_flags', [])) or 'none'})")
+        for i, profile in enumerate(trt.get("profiles", [])):
+            lines += [f"profile {i} {n}: min {p['min']}, opt {p['opt']}, max {p['max']}" for n, p in profile.items()]
     for step in art.lineage:
         summary = f"step      {step.stage} ({step.seconds:.1f}s)"
         val = step.metrics.get("validation")
