@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from runtime.artifact import Artifact
-from runtime.errors import ArtifactError, BackendError, ConfigError, InputError, TaskError
+from runtime.errors import ArtifactError, BackendError, ConfigError, InputError, ModelOutputError, TaskError
 from runtime.session import Session, open_session
 
 PAD_MULTIPLE = 8  # pad each batch up to a multiple of 8 tokens: few distinct shapes, little padding
@@ -173,6 +173,13 @@ class Pipeline:
             out = self.session.run(feed)[output]
             for j, i in enumerate(idx):
                 rows[i] = (out[j], feed["attention_mask"][j])
+        # NaN/inf is never an answer (softmax of NaN is a NaN "score"); the first bad input, in input order
+        bad = [i for i, (row, _) in enumerate(rows) if not np.isfinite(row).all()]
+        if bad:
+            raise ModelOutputError(
+                f"the model produced NaN/inf for input {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                + f"; the artifact {self.artifact.path} is corrupt or numerically unstable — "
+                "run `kiln inspect --verify` on it", index=bad[0])
         return rows
 
 
