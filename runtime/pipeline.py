@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -72,7 +72,12 @@ def load_tokenizer(artifact: Artifact) -> Any:
     path = artifact.path / artifact.meta.get("tokenizer", "tokenizer.json")
     if not path.is_file():
         raise ArtifactError(f"artifact {artifact.path} has no tokenizer ({path.name}); re-export it with `kiln export`")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for any parse error
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"artifact {artifact.path}: {path.name} is not a valid tokenizers file ({reason}); "
+                            "re-export it with `kiln export`") from None
     tok.no_padding()  # padding is done per batch below, to the batch's own length
     tok.enable_truncation(int(artifact.meta.get("max_length", 512)))
     return tok
@@ -115,13 +120,23 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def encode(self, texts: Sequence[str]) -> list[Any]:
-        if isinstance(texts, str):
-            raise InputError("texts must be a list of strings, got a single string; wrap it in a list")
+    def encode(self, texts: Iterable[str]) -> list[Any]:
+        """Tokenize any iterable of strings (read once: a generator is materialized, not consumed twice)."""
+        if isinstance(texts, (str, bytes)):
+            raise InputError(f"texts must be a list of strings, got a single {type(texts).__name__}; wrap it in a list")
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise InputError(f"texts must be a list (or any iterable) of strings, got {type(texts).__name__}") from None
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"texts[{i}] is {type(t).__name__}; every input must be a string")
-        return self.tokenizer.encode_batch(list(texts))
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:  # tokenizers only says "TextEncodeInput must be Union[...]"
+                raise InputError(f"texts[{i}] holds {t[e.start]!r} at position {e.start}, half of a UTF-16 "
+                                 "surrogate pair, which is not a character; every input must be valid Unicode") from None
+        return self.tokenizer.encode_batch(texts)
 
     def padded_length(self, tokens: int) -> int:
         """The length a row of `tokens` tokens is padded to: the next multiple of pad_multiple, within max_length."""
@@ -161,7 +176,12 @@ class Pipeline:
             idx = order[start:stop]
             yield idx, self.feed_for([encodings[i] for i in idx])
 
-    def run_rows(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def empty_result(self) -> np.ndarray:
+        """The (0, width) array a call with no texts returns (np.stack refuses an empty list)."""
+        width = self.session.outputs[0].shape[-1]
+        return np.zeros((0, width if isinstance(width, int) else 0))
+
+    def run_rows(self, texts: Iterable[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run every text; return per text (its output row, its attention mask row)."""
         return self.run_encoded(self.encode(texts))
 
@@ -193,7 +213,7 @@ class TextClassifier(Pipeline):
 
     tasks = ("text-classification",)
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+    def predict(self, texts: Iterable[str]) -> list[Prediction]:
         return self.predict_encoded(self.encode(texts))
 
     def predict_encoded(self, encodings: Sequence[Any]) -> list[Prediction]:
@@ -206,8 +226,9 @@ class TextClassifier(Pipeline):
             out.append(Prediction(names[best], float(probs[best]), dict(zip(names, map(float, probs)))))
         return out
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        return np.stack([row for row, _ in self.run_rows(texts)])
+    def logits(self, texts: Iterable[str]) -> np.ndarray:
+        rows = [row for row, _ in self.run_rows(texts)]
+        return np.stack(rows) if rows else self.empty_result()
 
 
 class Embedder(Pipeline):
@@ -215,7 +236,7 @@ class Embedder(Pipeline):
 
     tasks = ("feature-extraction",)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Iterable[str]) -> np.ndarray:
         pooled = []
         cls_pooling = self.artifact.meta.get("pooling", "mean") == "cls"
         for hidden, mask in self.run_rows(texts):
@@ -225,6 +246,8 @@ class Embedder(Pipeline):
                 m = mask[:, None].astype(hidden.dtype)
                 vec = (hidden * m).sum(axis=0) / max(m.sum(), 1.0)
             pooled.append(vec)
+        if not pooled:
+            return self.empty_result().astype(np.float32)
         emb = np.stack(pooled).astype(np.float32)
         if self.artifact.meta.get("normalize", False):
             emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
