@@ -171,3 +171,66 @@ def test_negative_mask_is_refused(tiny_onnx):
     with open_session(tiny_onnx) as s:
         with pytest.raises(InputError, match=r"input 'attention_mask': got -1 at \(0, 0\); values must be >= 0"):
             s.run(feed)
+
+
+# -- property tests of the data readers: any bytes give rows or a DataError, never another exception --
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from calibration.datasets import load_labelled, load_texts  # noqa: E402
+
+READER_SETTINGS = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# pieces that matter to the parsers: quotes, separators, newlines, NUL, a BOM, JSON escapes of surrogates
+PIECES = st.sampled_from(['"', ",", "\t", "\n", "\r", "\x00", "\ufeff", "text", "label", "{", "}", ":", "[", "]",
+                          '"text"', '"label"', "\\ud800", "\\u0000", "null", "1", "-", " ", "é", "NaN"])
+# now and then one piece repeated past csv's field limit (131072) or json's nesting limit
+BIG = st.one_of(st.just(""), st.builds(lambda piece: piece * 140_000, st.sampled_from(["a", "[", '"'])))
+TEXTISH = st.tuples(st.lists(PIECES, max_size=30), BIG, st.integers(0, 30)).map(
+    lambda t: "".join(t[0][:t[2]]) + t[1] + "".join(t[0][t[2]:]))
+# texts a JSON file can hold but no tokenizer takes: lone surrogates
+JSON_TEXT = st.text(alphabet=st.sampled_from(["a", " ", "é", "\ud800", "\udfff", "\n", '"', ","]), max_size=12)
+
+
+def read_or_data_error(path, labelled):
+    try:
+        result = load_labelled(path) if labelled else load_texts(path)
+    except DataError as e:
+        assert str(e) and "\n" not in str(e).strip()
+        return None
+    texts = result.texts if labelled else result
+    assert texts and all(isinstance(t, str) and t.strip() for t in texts)
+    for t in texts:
+        t.encode("utf-8")  # every text can reach a tokenizer
+    return texts
+
+
+@READER_SETTINGS
+@given(suffix=st.sampled_from([".csv", ".tsv", ".jsonl", ".txt"]), labelled=st.booleans(),
+       raw=st.one_of(st.binary(max_size=300), TEXTISH.map(lambda s: s.encode("utf-8", "surrogatepass"))))
+def test_readers_on_arbitrary_bytes(tmp_path, suffix, labelled, raw):
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(raw)
+    read_or_data_error(path, labelled and suffix != ".txt")  # .txt holds unlabelled lines only
+
+
+@READER_SETTINGS
+@given(rows=st.lists(st.tuples(st.one_of(st.text(max_size=30), JSON_TEXT),
+                               st.sampled_from(["positive", "negative", "0", "1", ""])), max_size=8),
+       fmt=st.sampled_from([".csv", ".tsv", ".jsonl"]))
+def test_written_rows_read_back(tmp_path, rows, fmt):
+    import csv as csv_module
+
+    path = tmp_path / f"rows{fmt}"
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogatepass") as f:
+        if fmt == ".jsonl":
+            for text, label in rows:
+                f.write(json.dumps({"text": text, "label": label}) + "\n")
+        else:
+            w = csv_module.writer(f, delimiter="\t" if fmt == ".tsv" else ",")
+            w.writerow(["text", "label"])
+            w.writerows(rows)
+    texts = read_or_data_error(path, labelled=True)
+    if texts is not None:
+        # what was read is what was written: the reader may not drop or merge rows silently
+        assert texts == [t for t, _ in rows]
