@@ -134,8 +134,8 @@ class Pipeline:
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError as e:  # tokenizers only says "TextEncodeInput must be Union[...]"
-                raise InputError(f"texts[{i}] holds {t[e.start]!r} at position {e.start}, half of a UTF-16 "
-                                 "surrogate pair, which is not a character; every input must be valid Unicode") from None
+                raise InputError(f"texts[{i}] holds {t[e.start]!r} at position {e.start}, half of a UTF-16 surrogate "
+                                 "pair, which is not a character; every input must be valid Unicode") from None
         return self.tokenizer.encode_batch(texts)
 
     def padded_length(self, tokens: int) -> int:
@@ -196,10 +196,10 @@ class Pipeline:
         # NaN/inf is never an answer (softmax of NaN is a NaN "score"); the first bad input, in input order
         bad = [i for i, (row, _) in enumerate(rows) if not np.isfinite(row).all()]
         if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise ModelOutputError(
-                f"the model produced NaN/inf for input {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
-                + f"; the artifact {self.artifact.path} is corrupt or numerically unstable — "
-                "run `kiln inspect --verify` on it", index=bad[0])
+                f"the model produced NaN/inf for input {bad[0]}{more}; the artifact {self.artifact.path} is corrupt "
+                "or numerically unstable — run `kiln inspect --verify` on it", index=bad[0])
         return rows
 
 

@@ -77,7 +77,8 @@ def test_bad_tokenizer_json_in_an_artifact(tiny_onnx, tmp_path, content):
     ("tokenizer.json", "{nope", "tokenizer.json is not a valid tokenizers file"),
     ("tokenizer_config.json", "{nope", "tokenizer_config.json is not valid JSON"),
     ("tokenizer_config.json", "[1, 2]", "tokenizer_config.json holds a JSON list; expected a JSON object"),
-    ("config.json", '{"model_type": "bert", "max_position_embeddings": "many"}', "config.json has a field of the wrong type"),
+    ("config.json", '{"model_type": "bert", "max_position_embeddings": "many"}',
+     "config.json has a field of the wrong type"),
 ])
 def test_bad_json_in_a_source(model_copy, name, content, match):
     (model_copy / name).write_text(content)
@@ -180,7 +181,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from calibration.datasets import load_labelled, load_texts  # noqa: E402
 
-READER_SETTINGS = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+READER_SETTINGS = settings(max_examples=120, deadline=None, database=None,
+                           suppress_health_check=[HealthCheck.function_scoped_fixture])
 # pieces that matter to the parsers: quotes, separators, newlines, NUL, a BOM, JSON escapes of surrogates
 PIECES = st.sampled_from(['"', ",", "\t", "\n", "\r", "\x00", "\ufeff", "text", "label", "{", "}", ":", "[", "]",
                           '"text"', '"label"', "\\ud800", "\\u0000", "null", "1", "-", " ", "é", "NaN"])
