@@ -123,7 +123,8 @@ class Pipeline:
     def encode(self, texts: Iterable[str]) -> list[Any]:
         """Tokenize any iterable of strings (read once: a generator is materialized, not consumed twice)."""
         if isinstance(texts, (str, bytes)):
-            raise InputError(f"texts must be a list of strings, got a single {type(texts).__name__}; wrap it in a list")
+            what = "string" if isinstance(texts, str) else "bytes object (decode it first)"
+            raise InputError(f"texts must be a list of strings, got a single {what}; wrap it in a list")
         try:
             texts = list(texts)
         except TypeError:

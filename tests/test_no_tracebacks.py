@@ -142,7 +142,7 @@ def test_predict_reads_a_generator_once(clf):
 
 
 @pytest.mark.parametrize("texts, match", [
-    (b"bytes", "got a single bytes"), (42, "got int"), (["ok", None], r"texts\[1\] is NoneType"),
+    (b"bytes", "got a single bytes object"), (42, "got int"), (["ok", None], r"texts\[1\] is NoneType"),
 ])
 def test_texts_of_the_wrong_type(clf, texts, match):
     with pytest.raises(InputError, match=match):
