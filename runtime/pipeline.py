@@ -92,14 +92,17 @@ class Pipeline:
                  batch_size: int = 32, session: Session | None = None,
                  call_overhead_tokens: float = CALL_OVERHEAD_TOKENS, shape_buckets: bool | None = None,
                  **options: Any) -> None:
+        if not isinstance(artifact, (Artifact, str, Path)):
+            raise ConfigError(f"artifact must be an Artifact or a path, got {type(artifact).__name__}")
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         if self.artifact.task not in self.tasks:
             raise TaskError(
                 f"{type(self).__name__} needs an artifact of task {' or '.join(self.tasks)}; "
                 f"{self.artifact.path} is {self.artifact.task!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if not call_overhead_tokens >= 0:  # also refuses NaN
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(call_overhead_tokens, (int, float)) or not call_overhead_tokens >= 0:  # refuses NaN too
+            raise ConfigError(f"call_overhead_tokens must be >= 0 (inf: never split), got {call_overhead_tokens!r}")
             raise ConfigError(f"call_overhead_tokens must be >= 0 (inf: never split), got {call_overhead_tokens}")
         self.batch_size = batch_size
         self.call_overhead_tokens = call_overhead_tokens

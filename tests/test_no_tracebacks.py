@@ -236,3 +236,31 @@ def test_written_rows_read_back(tmp_path, rows, fmt):
     if texts is not None:
         # what was read is what was written: the reader may not drop or merge rows silently
         assert texts == [t for t, _ in rows]
+
+
+def test_sequence_past_max_length_is_refused_clearly(tiny_onnx):
+    feed = {k: np.ones((1, 200), np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with open_session(tiny_onnx) as s:
+        with pytest.raises(InputError, match=r"got shape \(1, 200\); sequence must be at most 160"):
+            s.run(feed)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": "8"}, "batch_size must be an integer >= 1, got '8'"),
+    ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+    ({"call_overhead_tokens": "x"}, "call_overhead_tokens must be >= 0"),
+    ({"threads": "x"}, "threads must be an integer >= 0"),
+    ({"spinning": "no"}, "spinning must be True or False"),
+])
+def test_pipeline_options_of_the_wrong_type(tiny_onnx, kwargs, match):
+    from runtime import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        TextClassifier(tiny_onnx, **kwargs)
+
+
+def test_artifact_of_the_wrong_type():
+    from runtime import ConfigError
+
+    with pytest.raises(ConfigError, match="artifact must be an Artifact or a path, got int"):
+        TextClassifier(5)
