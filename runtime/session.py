@@ -111,8 +111,8 @@ def check_values(name: str, value: np.ndarray, limit: int | None) -> None:
         raise InputError(f"input {name!r}: got {int(value[at])} at {at}; values must be {valid}")
 
 
-def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray],
-                  limits: dict[str, int] | None = None, max_dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray], limits: dict[str, int] | None = None,
+                  max_dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Check names, types, dtypes, ranks, dims and integer ranges (limits: see index_limits; max_dims:
     see axis_limits); the error says received vs expected."""
     if not isinstance(feed, dict):
