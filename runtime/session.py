@@ -62,7 +62,7 @@ class Session:
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._opened:
             raise BackendError(f"{self.backend} session is not open; use `with open_session(...) as s:` or s.open()")
-        return self._run(validate_feed(self.inputs, feed, index_limits(self.artifact), axis_limits(self.artifact)))
+        return self._run(validate_feed(self.inputs, feed, index_limits(self.artifact)))
 
     def describe(self) -> str:
         return f"{self.backend} on {self.device}"
@@ -94,12 +94,6 @@ def index_limits(artifact: Artifact) -> dict[str, int]:
     return limits
 
 
-def axis_limits(artifact: Artifact) -> dict[str, int]:
-    """symbolic axis -> its largest size: a sequence past max_length runs off the position embeddings."""
-    n = artifact.meta.get("max_length")
-    return {"sequence": n} if isinstance(n, int) and not isinstance(n, bool) and n > 0 else {}
-
-
 def check_values(name: str, value: np.ndarray, limit: int | None) -> None:
     """Integer inputs (ids, masks, types) are never negative; index inputs stay below their table size."""
     if value.size == 0 or value.dtype.kind not in "iu":
@@ -111,10 +105,10 @@ def check_values(name: str, value: np.ndarray, limit: int | None) -> None:
         raise InputError(f"input {name!r}: got {int(value[at])} at {at}; values must be {valid}")
 
 
-def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray], limits: dict[str, int] | None = None,
-                  max_dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Check names, types, dtypes, ranks, dims and integer ranges (limits: see index_limits; max_dims:
-    see axis_limits); the error says received vs expected."""
+def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray],
+                  limits: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Check names, types, dtypes, ranks, dims and integer ranges (limits: see index_limits); the error
+    says received vs expected."""
     if not isinstance(feed, dict):
         raise InputError(f"feed must be a dict of name -> numpy array, got {type(feed).__name__}")
     expected = {s.name: s for s in specs}
@@ -150,9 +144,6 @@ def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray], li
                 bound.setdefault(dim, (size, name))
             if size == 0:
                 raise InputError(f"input {name!r}: got shape {value.shape}; empty axes are not allowed")
-            if isinstance(dim, str) and max_dims and dim in max_dims and size > max_dims[dim]:
-                raise InputError(f"input {name!r}: got shape {value.shape}; {dim} must be at most {max_dims[dim]} "
-                                 "(the model's max_length)")
         check_values(name, value, (limits or {}).get(name))
     return feed
 
