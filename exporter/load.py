@@ -266,9 +266,9 @@ def load_pickle(weights: Path) -> Any:
         # torch's UnpicklingError is a page of advice; its reason follows "WeightsUnpickler error:"
         _, found, after = text.partition("WeightsUnpickler error:")
         lines = [ln.strip() for ln in (after if found else text).splitlines() if ln.strip()]
-        reason = lines[0] if lines else type(e).__name__
+        reason = f"{type(e).__name__}: {lines[0]}" if lines else f"{type(e).__name__}: the file ends early"
         raise SourceError(f"could not load {weights}: it is not a weights-only torch checkpoint (a state dict of "
-                          f"tensors) ({type(e).__name__}: {reason}); Kiln never unpickles code or arbitrary "
+                          f"tensors) ({reason}); Kiln never unpickles code or arbitrary "
                           "objects, even with --trust-pickle: convert it to .safetensors") from None
 
 
