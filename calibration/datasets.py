@@ -81,6 +81,8 @@ def read_rows(path: Path, text_column: str, label_column: str | None) -> list[tu
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}, line {n}: JSON nested too deeply to read") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}, line {n}: expected a JSON object with {' and '.join(map(repr, wanted))}")
             for col in wanted:
@@ -89,13 +91,19 @@ def read_rows(path: Path, text_column: str, label_column: str | None) -> list[tu
             rows.append((n, obj[text_column], obj[label_column] if label_column else None))
         return rows
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
-    columns = reader.fieldnames or []
-    for col in wanted:
-        if col not in columns:
-            raise DataError(f"{path} has no column {col!r}; its columns are {columns} "
-                            f"(choose with --text-column / --label-column)")
-    for record in reader:
-        rows.append((reader.line_num, record.get(text_column), record.get(label_column) if label_column else None))
+    try:
+        columns = reader.fieldnames or []
+        for col in wanted:
+            if col not in columns:
+                raise DataError(f"{path} has no column {col!r}; its columns are {columns} "
+                                f"(choose with --text-column / --label-column)")
+        for record in reader:
+            rows.append((reader.line_num, record.get(text_column), record.get(label_column) if label_column else None))
+    except csv.Error as e:
+        # e.g. a field over csv's limit (131072 characters: far beyond any model's max_length, so the
+        # limit stays; raising it would change it for the whole process)
+        raise DataError(f"{path}, line {reader.line_num + 1}: cannot read the CSV ({e}); "
+                        "check the quoting on that line") from None
     return rows
 
 
@@ -105,6 +113,11 @@ def checked_texts(path: Path, rows: list[tuple[int, str, Any]], text_column: str
     for n, text, _ in rows:
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {n}: row has no text in column {text_column!r}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON can spell a lone surrogate ("\ud800"); no tokenizer takes it
+            raise DataError(f"{path}, line {n}: the text holds {text[e.start]!r}, half of a UTF-16 surrogate "
+                            "pair, which is not a character; fix the escape in the file") from None
     return [text for _, text, _ in rows]
 
 

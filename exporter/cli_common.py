@@ -43,7 +43,18 @@ def progress(message: str) -> None:
 
 
 def emit(data: Any, as_json: bool, human: Callable[[], str]) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else human())
+    if not as_json:
+        click.echo(human())
+        return
+    try:
+        # allow_nan=False: Python would write NaN/Infinity, which no JSON parser accepts
+        text = json.dumps(data, indent=2, default=str, allow_nan=False)
+    except ValueError as e:
+        if "Out of range float" not in str(e):  # a circular reference is a bug, not a user's problem
+            raise
+        raise KilnError("the result holds NaN or infinity, which JSON cannot represent; nothing was printed "
+                        "(run without --json to see the values)") from None
+    click.echo(text)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

@@ -46,6 +46,9 @@ class OutputComparison:
     max_rel: float = 0.0  # max_abs divided by the reference's largest magnitude
     cosine: float = 1.0  # cosine similarity of all outputs over all feeds, flattened into one vector
     top1: float | None = None
+    values: int = 0  # how many output values were compared
+    nonfinite_reference: int = 0  # of them NaN/inf in the reference, in the candidate
+    nonfinite_candidate: int = 0
     failures: list[str] = field(default_factory=list)
 
 
@@ -67,7 +70,15 @@ class Comparison:
                 "outputs": {n: {k: v for k, v in asdict(o).items() if k not in ("name", "failures")}
                             for n, o in self.outputs.items()}}
 
-    def raise_if_failed(self, what: str) -> None:
+    @property
+    def reference_nonfinite(self) -> bool:
+        """The reference itself gives NaN/inf: the source is broken, not the conversion."""
+        return any(o.nonfinite_reference for o in self.outputs.values())
+
+    def raise_if_failed(self, what: str, broken_reference: str = "the reference model gives NaN/inf") -> None:
+        """broken_reference: what to blame when the reference itself is not finite."""
+        if self.reference_nonfinite:
+            raise ValidationError(f"{broken_reference}, so {what} cannot be validated: " + "; ".join(self.failures()))
         if not self.passed:
             raise ValidationError(f"{what} failed validation: " + "; ".join(self.failures()))
 
@@ -100,6 +111,15 @@ def compare(reference: Session, candidate: Session, feeds: Iterable[dict[str, np
             if r.shape != c.shape:
                 s.failures.append(f"output {name!r}: shape {c.shape} != reference {r.shape}")
                 continue
+            # NaN compares false with everything, so it would slip through every limit below; count it
+            # and judge the numbers on the values both sides give as finite (the metrics go to JSON)
+            r_ok, c_ok = np.isfinite(r), np.isfinite(c)
+            s.values += r.size
+            s.nonfinite_reference += int(r.size - r_ok.sum())
+            s.nonfinite_candidate += int(c.size - c_ok.sum())
+            if not (r_ok.all() and c_ok.all()):
+                both = r_ok & c_ok
+                r, c = np.where(both, r, 0.0), np.where(both, c, 0.0)
             diff = float(np.abs(r - c).max())
             s.max_abs = max(s.max_abs, diff)
             s.max_rel = max(s.max_rel, diff / max(float(np.abs(r).max()), 1e-12))
@@ -115,6 +135,10 @@ def compare(reference: Session, candidate: Session, feeds: Iterable[dict[str, np
         s.cosine = dot / (rr * cc) ** 0.5 if rr > 0 and cc > 0 else float(rr == cc)
         if agree[name][1]:
             s.top1 = agree[name][0] / agree[name][1]
+        for side in ("reference", "candidate"):
+            bad = getattr(s, f"nonfinite_{side}")
+            if bad:
+                s.failures.append(f"output {name!r}: the {side} gives {bad} of {s.values} values NaN/inf")
         if s.failures:
             continue
         if tol.max_abs is not None and s.max_abs > tol.max_abs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 import time
 from pathlib import Path
@@ -46,16 +47,27 @@ def resolve_source(source: str | Path) -> tuple[Path, Path | None]:
     return p, None
 
 
+def read_json(path: Path, expect: type = dict) -> Any:
+    """A JSON file of the source, refused as a SourceError naming the file when it is not `expect`."""
+    try:
+        d = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(d, expect):
+        raise SourceError(f"{path} holds a JSON {type(d).__name__}; expected a JSON "
+                          f"{'object' if expect is dict else 'array'}")
+    return d
+
+
 def read_config(model_dir: Path) -> dict[str, Any]:
     cfg = model_dir / "config.json"
     if not cfg.is_file():
         raise SourceError(f"{model_dir} is not a model directory: no config.json "
                           "(expected a Hugging Face model saved with save_pretrained)")
-    try:
-        d = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SourceError(f"{cfg} is not valid JSON ({e})") from None
-    if not isinstance(d, dict) or "model_type" not in d:
+    d = read_json(cfg)
+    if "model_type" not in d:
         raise SourceError(f"{cfg} has no model_type; is it a Hugging Face config.json?")
     return d
 
@@ -86,7 +98,10 @@ def find_weights(model_dir: Path, weights_file: Path | None, trust_pickle: bool)
             raise SourceError(f"{model_dir} has a config.json but no weights (model.safetensors or pytorch_model.bin)")
         weights_file = found[0]
     if weights_file.name.endswith(".index.json"):
-        shards = set(json.loads(weights_file.read_text()).get("weight_map", {}).values())
+        weight_map = read_json(weights_file).get("weight_map", {})
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise SourceError(f"{weights_file}: weight_map must map tensor names to shard file names")
+        shards = set(weight_map.values())
         for shard in sorted(shards):
             check_safetensors(model_dir / shard)
     elif weights_file.suffix == ".safetensors":
@@ -97,18 +112,35 @@ def find_weights(model_dir: Path, weights_file: Path | None, trust_pickle: bool)
     return weights_file
 
 
+def check_tokenizer(model_dir: Path) -> None:
+    """Parse tokenizer.json now, so a broken one fails the load, not the first prediction after export."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for any parse error
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(f"{path} is not a valid tokenizers file ({reason}); re-save the tokenizer "
+                          "with save_pretrained") from None
+
+
 def text_meta(model_dir: Path, config: dict[str, Any], task: str) -> dict[str, Any]:
     """Pre/post-processing facts the runtime needs: labels, max length, pooling, special ids."""
     limits = [int(config.get("max_position_embeddings", 512))]
     tok_cfg = model_dir / "tokenizer_config.json"
     if tok_cfg.is_file():
-        with open(tok_cfg) as f:
-            mml = json.load(f).get("model_max_length")
-        if isinstance(mml, int) and mml < 1_000_000:  # transformers writes 1e30 for "no limit"
+        mml = read_json(tok_cfg).get("model_max_length")
+        if isinstance(mml, int) and 0 < mml < 1_000_000:  # transformers writes 1e30 for "no limit"
             limits.append(mml)
     st_cfg = model_dir / "sentence_bert_config.json"
     if st_cfg.is_file():
-        limits.append(int(json.loads(st_cfg.read_text()).get("max_seq_length", limits[0])))
+        msl = read_json(st_cfg).get("max_seq_length", limits[0])
+        if not isinstance(msl, int) or isinstance(msl, bool) or msl < 1:
+            raise SourceError(f"{st_cfg}: max_seq_length must be a positive integer, got {msl!r}")
+        limits.append(msl)
     meta: dict[str, Any] = {"model_type": config["model_type"], "max_length": min(limits),
                             "pad_token_id": int(config.get("pad_token_id") or 0),
                             "vocab_size": int(config.get("vocab_size", 0)),
@@ -120,11 +152,12 @@ def text_meta(model_dir: Path, config: dict[str, Any], task: str) -> dict[str, A
     if task == "feature-extraction":
         pooling, normalize = "mean", False
         pool_cfg = model_dir / "1_Pooling" / "config.json"
-        if pool_cfg.is_file() and json.loads(pool_cfg.read_text()).get("pooling_mode_cls_token"):
+        if pool_cfg.is_file() and read_json(pool_cfg).get("pooling_mode_cls_token"):
             pooling = "cls"
         modules = model_dir / "modules.json"
         if modules.is_file():
-            normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+            normalize = any("Normalize" in str(m.get("type", "")) if isinstance(m, dict) else False
+                            for m in read_json(modules, list))
         meta.update(pooling=pooling, normalize=normalize)
     return meta
 
@@ -150,9 +183,13 @@ def load_checkpoint(source: str | Path, task: str | None = None, trust_pickle: b
     config = read_config(model_dir)
     arch = architecture(config["model_type"])
     weights = find_weights(model_dir, weights_file, trust_pickle)
+    check_tokenizer(model_dir)
     if prior is not None:
         return prior
-    meta = text_meta(model_dir, config, task)
+    try:
+        meta = text_meta(model_dir, config, task)
+    except (TypeError, ValueError, AttributeError) as e:  # e.g. "max_position_embeddings": "512 tokens"
+        raise SourceError(f"{model_dir / 'config.json'} has a field of the wrong type: {e}") from None
     meta["weights_file"] = weights.name
     meta["trust_pickle"] = trust_pickle
     info = task_info(task)
@@ -193,14 +230,46 @@ def load_torch_model(artifact: Artifact, attn_implementation: str | None = None,
                 from safetensors.torch import load_file
                 state = load_file(str(weights))
             else:
-                # --trust-pickle was given; weights_only still refuses pickles that carry code objects
-                state = torch.load(str(weights), map_location="cpu", weights_only=True)
+                state = load_pickle(weights)
             model = auto.from_config(config)
             load_state_(model, state, weights)
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        # EOFError would otherwise reach click, which reports it as "interrupted"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SourceError(f"could not load the model from {weights}: {first}") from None
     return model.float().eval()
+
+
+def check_finite_weights(model: Any, origin: Path | str) -> None:
+    """Refuse parameters holding NaN/inf: bytes corrupted in place keep a valid file, and a NaN in one
+    embedding row only shows when a text uses that token, so output validation alone can miss it."""
+    import torch
+
+    for name, param in model.named_parameters():
+        bad = int((~torch.isfinite(param.detach())).sum())
+        if bad:
+            raise SourceError(f"the source model's weights give NaN/inf: {bad} values in {name} ({origin}); "
+                              "the checkpoint is corrupt: re-save or re-download it")
+
+
+def load_pickle(weights: Path) -> Any:
+    """torch.load a pickle the user trusted (--trust-pickle); weights_only still refuses code objects.
+
+    Any failure is one SourceError: torch's unpickler raises whatever the bytes make it raise.
+    """
+    import torch
+
+    try:
+        return torch.load(str(weights), map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        # torch's UnpicklingError is a page of advice; its reason follows "WeightsUnpickler error:"
+        _, found, after = text.partition("WeightsUnpickler error:")
+        lines = [ln.strip() for ln in (after if found else text).splitlines() if ln.strip()]
+        reason = f"{type(e).__name__}: {lines[0]}" if lines else f"{type(e).__name__}: the file ends early"
+        raise SourceError(f"could not load {weights}: it is not a weights-only torch checkpoint (a state dict of "
+                          f"tensors) ({reason}); Kiln never unpickles code or arbitrary "
+                          "objects, even with --trust-pickle: convert it to .safetensors") from None
 
 
 def load_state_(model: Any, state: dict[str, Any], origin: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from calibration.readers import synthetic_text, validation_feeds
 from exporter.architectures import architecture
 from exporter.compare import compare, tolerance_for
-from exporter.load import TOKENIZER_FILES, load_torch_model
+from exporter.load import TOKENIZER_FILES, check_finite_weights, load_torch_model
 from exporter.stage import Progress, atomic_output, finish, quiet
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError, ValidationError
@@ -128,6 +128,7 @@ def to_onnx(artifact: Artifact, config: OnnxConfig, out: str | Path, force: bool
     with atomic_output(out, force, source=artifact.path) as staged:
         progress(f"loading {artifact.meta.get('model_type', '')} model from {artifact.path}")
         model = load_torch_model(artifact, attn_implementation=EXPORT_ATTENTION)
+        check_finite_weights(model, artifact.path)
         model_path = staged / "model.onnx"
         progress(f"exporting to ONNX (opset {config.opset}, dynamic batch and sequence)")
         export_graph(model, artifact, model_path, config.opset)
@@ -150,7 +151,8 @@ def to_onnx(artifact: Artifact, config: OnnxConfig, out: str | Path, force: bool
             progress("validating onnxruntime against torch on seeded feeds")
             cmp = validate_against(artifact, onnx_art, model, config.seed)
             metrics["validation"] = cmp.metrics()
-            cmp.raise_if_failed("the exported ONNX model")
+            cmp.raise_if_failed("the exported ONNX model", "the source model's weights give NaN/inf (the torch "
+                                "reference does)")
         del model
         return finish(staged, out, onnx_art, artifact, "to_onnx", asdict(config), started, metrics)
 

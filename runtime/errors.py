@@ -47,3 +47,15 @@ class DataError(KilnError):
 
 class OverloadError(KilnError):
     """The inference queue is full; the caller should retry later."""
+
+
+class ModelOutputError(KilnError):
+    """The model produced NaN/inf: the artifact is corrupt or numerically unstable (never an answer).
+
+    `index` is the position of the first such input in the call that raised it (a Batcher can map it
+    back to its request).
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index

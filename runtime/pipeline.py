@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from runtime.artifact import Artifact
-from runtime.errors import ArtifactError, BackendError, ConfigError, InputError, TaskError
+from runtime.errors import ArtifactError, BackendError, ConfigError, InputError, ModelOutputError, TaskError
 from runtime.session import Session, open_session
 
 PAD_MULTIPLE = 8  # pad each batch up to a multiple of 8 tokens: few distinct shapes, little padding
@@ -72,7 +72,12 @@ def load_tokenizer(artifact: Artifact) -> Any:
     path = artifact.path / artifact.meta.get("tokenizer", "tokenizer.json")
     if not path.is_file():
         raise ArtifactError(f"artifact {artifact.path} has no tokenizer ({path.name}); re-export it with `kiln export`")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for any parse error
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"artifact {artifact.path}: {path.name} is not a valid tokenizers file ({reason}); "
+                            "re-export it with `kiln export`") from None
     tok.no_padding()  # padding is done per batch below, to the batch's own length
     tok.enable_truncation(int(artifact.meta.get("max_length", 512)))
     return tok
@@ -87,14 +92,17 @@ class Pipeline:
                  batch_size: int = 32, session: Session | None = None,
                  call_overhead_tokens: float = CALL_OVERHEAD_TOKENS, shape_buckets: bool | None = None,
                  **options: Any) -> None:
+        if not isinstance(artifact, (Artifact, str, Path)):
+            raise ConfigError(f"artifact must be an Artifact or a path, got {type(artifact).__name__}")
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         if self.artifact.task not in self.tasks:
             raise TaskError(
                 f"{type(self).__name__} needs an artifact of task {' or '.join(self.tasks)}; "
                 f"{self.artifact.path} is {self.artifact.task!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if not call_overhead_tokens >= 0:  # also refuses NaN
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(call_overhead_tokens, (int, float)) or not call_overhead_tokens >= 0:  # refuses NaN too
+            raise ConfigError(f"call_overhead_tokens must be >= 0 (inf: never split), got {call_overhead_tokens!r}")
             raise ConfigError(f"call_overhead_tokens must be >= 0 (inf: never split), got {call_overhead_tokens}")
         self.batch_size = batch_size
         self.call_overhead_tokens = call_overhead_tokens
@@ -115,13 +123,24 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def encode(self, texts: Sequence[str]) -> list[Any]:
-        if isinstance(texts, str):
-            raise InputError("texts must be a list of strings, got a single string; wrap it in a list")
+    def encode(self, texts: Iterable[str]) -> list[Any]:
+        """Tokenize any iterable of strings (read once: a generator is materialized, not consumed twice)."""
+        if isinstance(texts, (str, bytes)):
+            what = "string" if isinstance(texts, str) else "bytes object (decode it first)"
+            raise InputError(f"texts must be a list of strings, got a single {what}; wrap it in a list")
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise InputError(f"texts must be a list (or any iterable) of strings, got {type(texts).__name__}") from None
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"texts[{i}] is {type(t).__name__}; every input must be a string")
-        return self.tokenizer.encode_batch(list(texts))
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:  # tokenizers only says "TextEncodeInput must be Union[...]"
+                raise InputError(f"texts[{i}] holds {t[e.start]!r} at position {e.start}, half of a UTF-16 surrogate "
+                                 "pair, which is not a character; every input must be valid Unicode") from None
+        return self.tokenizer.encode_batch(texts)
 
     def padded_length(self, tokens: int) -> int:
         """The length a row of `tokens` tokens is padded to: the next multiple of pad_multiple, within max_length."""
@@ -161,7 +180,12 @@ class Pipeline:
             idx = order[start:stop]
             yield idx, self.feed_for([encodings[i] for i in idx])
 
-    def run_rows(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def empty_result(self) -> np.ndarray:
+        """The (0, width) array a call with no texts returns (np.stack refuses an empty list)."""
+        width = self.session.outputs[0].shape[-1]
+        return np.zeros((0, width if isinstance(width, int) else 0))
+
+    def run_rows(self, texts: Iterable[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run every text; return per text (its output row, its attention mask row)."""
         return self.run_encoded(self.encode(texts))
 
@@ -173,6 +197,13 @@ class Pipeline:
             out = self.session.run(feed)[output]
             for j, i in enumerate(idx):
                 rows[i] = (out[j], feed["attention_mask"][j])
+        # NaN/inf is never an answer (softmax of NaN is a NaN "score"); the first bad input, in input order
+        bad = [i for i, (row, _) in enumerate(rows) if not np.isfinite(row).all()]
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise ModelOutputError(
+                f"the model produced NaN/inf for input {bad[0]}{more}; the artifact {self.artifact.path} is corrupt "
+                "or numerically unstable — run `kiln inspect --verify` on it", index=bad[0])
         return rows
 
 
@@ -186,7 +217,7 @@ class TextClassifier(Pipeline):
 
     tasks = ("text-classification",)
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+    def predict(self, texts: Iterable[str]) -> list[Prediction]:
         return self.predict_encoded(self.encode(texts))
 
     def predict_encoded(self, encodings: Sequence[Any]) -> list[Prediction]:
@@ -199,8 +230,9 @@ class TextClassifier(Pipeline):
             out.append(Prediction(names[best], float(probs[best]), dict(zip(names, map(float, probs)))))
         return out
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        return np.stack([row for row, _ in self.run_rows(texts)])
+    def logits(self, texts: Iterable[str]) -> np.ndarray:
+        rows = [row for row, _ in self.run_rows(texts)]
+        return np.stack(rows) if rows else self.empty_result()
 
 
 class Embedder(Pipeline):
@@ -208,7 +240,7 @@ class Embedder(Pipeline):
 
     tasks = ("feature-extraction",)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Iterable[str]) -> np.ndarray:
         pooled = []
         cls_pooling = self.artifact.meta.get("pooling", "mean") == "cls"
         for hidden, mask in self.run_rows(texts):
@@ -218,6 +250,8 @@ class Embedder(Pipeline):
                 m = mask[:, None].astype(hidden.dtype)
                 vec = (hidden * m).sum(axis=0) / max(m.sum(), 1.0)
             pooled.append(vec)
+        if not pooled:
+            return self.empty_result().astype(np.float32)
         emb = np.stack(pooled).astype(np.float32)
         if self.artifact.meta.get("normalize", False):
             emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

@@ -62,7 +62,7 @@ class Session:
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._opened:
             raise BackendError(f"{self.backend} session is not open; use `with open_session(...) as s:` or s.open()")
-        return self._run(validate_feed(self.inputs, feed))
+        return self._run(validate_feed(self.inputs, feed, index_limits(self.artifact)))
 
     def describe(self) -> str:
         return f"{self.backend} on {self.device}"
@@ -78,8 +78,37 @@ class Session:
         raise NotImplementedError
 
 
-def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check names, types, dtypes, ranks and dims; the error says received vs expected."""
+# Inputs whose values index a table inside the model, and the manifest meta key that holds the
+# table's size. onnxruntime's Gather wraps a negative index around (-1 reads the last row), so an
+# out-of-range id would be an answer, not an error.
+INDEX_INPUTS = {"input_ids": "vocab_size"}
+
+
+def index_limits(artifact: Artifact) -> dict[str, int]:
+    """input name -> exclusive upper bound of its values, for the index inputs the artifact knows a size for."""
+    limits = {}
+    for name, key in INDEX_INPUTS.items():
+        size = artifact.meta.get(key)
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            limits[name] = size
+    return limits
+
+
+def check_values(name: str, value: np.ndarray, limit: int | None) -> None:
+    """Integer inputs (ids, masks, types) are never negative; index inputs stay below their table size."""
+    if value.size == 0 or value.dtype.kind not in "iu":
+        return
+    bad = value < 0 if limit is None else (value < 0) | (value >= limit)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        valid = f"0..{limit - 1} (the vocabulary has {limit} ids)" if limit else ">= 0"
+        raise InputError(f"input {name!r}: got {int(value[at])} at {at}; values must be {valid}")
+
+
+def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray],
+                  limits: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Check names, types, dtypes, ranks, dims and integer ranges (limits: see index_limits); the error
+    says received vs expected."""
     if not isinstance(feed, dict):
         raise InputError(f"feed must be a dict of name -> numpy array, got {type(feed).__name__}")
     expected = {s.name: s for s in specs}
@@ -115,6 +144,7 @@ def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray]) ->
                 bound.setdefault(dim, (size, name))
             if size == 0:
                 raise InputError(f"input {name!r}: got shape {value.shape}; empty axes are not allowed")
+        check_values(name, value, (limits or {}).get(name))
     return feed
 
 
