@@ -127,16 +127,16 @@ def atomic_output(out: str | Path, force: bool = False, source: str | Path | Non
     writing beside them. `source`: the artifact the stage reads, which `out` must not be.
     """
     out = Path(out).absolute()
-    check_output(out, force)
-    check_not_source(out, source)
-    expected = identity(out)
-    try:
+    try:  # read-only or full file system, a file where a folder must be, no permission: one line
+        check_output(out, force)
+        check_not_source(out, source)
+        expected = identity(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(out.parent)
         tmp = make_staging_dir(out)
         rival = earlier_writer(out, tmp)
     except OSError as e:
-        raise ArtifactError(f"cannot write beside output {str(out)!r}: {e.strerror or e}") from None
+        raise ArtifactError(f"cannot write to -o {str(out)!r}: {e.strerror or e}") from None
     if rival is not None:  # fail now rather than after the work; the rename would refuse anyway
         shutil.rmtree(tmp, ignore_errors=True)
         raise ArtifactError(f"another Kiln run (pid {rival}) is already writing {str(out)!r}; "

@@ -31,8 +31,6 @@ def one_line_error(args, match, code=None):
 
 # -- -o that cannot be written ------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the cause is exporter/stage.py atomic_output (mkdir/mkdtemp beside -o), "
-                   "owned by another branch; the patch is in the errors branch report")
 @pytest.mark.parametrize("where", ["sysfs", "under-a-file"])
 def test_unwritable_output_is_one_line(tiny_onnx, tmp_path, where):
     if where == "sysfs":
