@@ -3,7 +3,6 @@ optionally guarded by task accuracy (sensitive nodes fall back to fp32 until the
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -67,7 +66,7 @@ class QuantConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(QUANT_TYPES)}, got {getattr(self, name)!r}")
         if self.calib_samples < 1:
             raise ConfigError(f"calib_samples must be >= 1, got {self.calib_samples}")
-        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+        if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:  # also refuses NaN
             raise ConfigError(f"max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
 
     @property
@@ -164,6 +163,21 @@ def run_method(pre: Path, out: Path, cfg: QuantConfig, excluded: list[str], cali
                                            node_block_list=blocked), str(out))
 
 
+def check_range_cache(path: Path, calibrator: str) -> None:
+    """A --calib-cache must be a range cache onnxruntime wrote, for the same calibrator: checked with its own reader
+    (valid JSON of another shape otherwise fails deep inside onnxruntime with AttributeError or KeyError)."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    try:
+        ranges = load_tensors_data(path)
+    except Exception as e:  # noqa: BLE001 - whatever the reader trips on, the file is not a range cache
+        raise ConfigError(f"--calib-cache {path} is not a range cache written by kiln quantize "
+                          f"({type(e).__name__}: {e}); make one with --method static-int8 --calib-data DATA") from None
+    made_with = str(getattr(ranges, "calibration_method", "")).rsplit(".", 1)[-1].lower()
+    if made_with and made_with != calibrator:
+        raise ConfigError(f"--calib-cache {path} holds {made_with} ranges; this run asks for --calibrator {calibrator}")
+
+
 @dataclass
 class GuardResult:
     accuracy_fp32: float
@@ -254,10 +268,7 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         fused = prepare(artifact.model_file, pre, artifact.meta, config.optimize)
         cache = staged / CALIBRATION_CACHE if config.method == "static-int8" else None
         if cache is not None and calib_cache is not None:
-            try:
-                json.loads(Path(calib_cache).read_text())
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"--calib-cache {calib_cache} is not a readable range cache ({e})") from None
+            check_range_cache(Path(calib_cache), config.calibrator)
             shutil.copy2(calib_cache, cache)
         model = staged / "model.onnx"
         meta = {**artifact.meta, "model_file": "model.onnx", "precision": config.precision, "method": config.method}

@@ -27,6 +27,8 @@ def quiet(_: str) -> None:
 
 def check_output(out: Path, force: bool) -> None:
     """Fail before any work if `out` would clobber something."""
+    if out == Path.cwd() or out in Path.cwd().parents:  # `-o ""` or `-o .`: --force would delete where we stand
+        raise ArtifactError(f"output {str(out)!r} is the current directory (or holds it); give a new directory path")
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"output {str(out)!r} is a file; give a directory path")
     if out.is_dir() and any(out.iterdir()) and not force:

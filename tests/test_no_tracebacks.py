@@ -257,3 +257,29 @@ def test_artifact_of_the_wrong_type():
 
     with pytest.raises(ConfigError, match="artifact must be an Artifact or a path, got int"):
         TextClassifier(5)
+
+
+@pytest.mark.parametrize("content, match", [("[1]", "is not a range cache"), ('{"a": 1}', "is not a range cache"),
+                                            ("not json", "is not a range cache")])
+def test_a_calib_cache_of_the_wrong_shape_is_one_line(tiny_onnx, tmp_path, content, match):
+    cache = tmp_path / "cache.json"
+    cache.write_text(content)
+    one_line_error(["quantize", tiny_onnx.path, "--method", "static-int8", "--calib-cache", cache,
+                    "-o", tmp_path / "out"], match)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_the_current_directory_is_never_an_output(tiny_onnx, tmp_path, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("mine")
+    one_line_error(["quantize", tiny_onnx.path, "--method", "dynamic-int8", "-o", out, "--force"], "current directory")
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_nan_accuracy_budget_is_refused():
+    from exporter.quantize import QuantConfig
+    from runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_accuracy_drop must be >= 0"):
+        QuantConfig(max_accuracy_drop=float("nan"))
