@@ -19,6 +19,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -79,9 +80,16 @@ def environment() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Core:
+    url: str  # HTTP, KServe v2
+    grpc: str  # host:port
+    metrics: str  # Prometheus text at this URL
+
+
 @contextlib.contextmanager
-def triton_core(repository: Path, timeout_s: float = 60.0, log: Path | None = None) -> Iterator[str]:
-    """Run tritonserver on the repository; yield its HTTP base URL once /v2/health/ready answers 200."""
+def triton_core(repository: Path, timeout_s: float = 60.0, log: Path | None = None) -> Iterator[Core]:
+    """Run tritonserver on the repository; yield its addresses once /v2/health/ready answers 200."""
     root = pytriton_dir()
     assert root is not None, why_not()
     work = Path(tempfile.mkdtemp(prefix="kiln-triton-"))
@@ -111,7 +119,7 @@ def triton_core(repository: Path, timeout_s: float = 60.0, log: Path | None = No
             if time.monotonic() > deadline:
                 raise RuntimeError(f"tritonserver not ready after {timeout_s}s:\n{log.read_text()[-4000:]}")
             time.sleep(0.2)
-        yield url
+        yield Core(url, f"127.0.0.1:{grpc}", f"http://127.0.0.1:{metrics}/metrics")
     finally:
         proc.terminate()
         try:
