@@ -239,3 +239,28 @@ def test_loadtest_targets_the_real_core(running):
     assert result["ok"] > 0 and result["errors"] == {} and result["lost"] == 0
     missing = closed_loop(triton_target(running.url, "no-such-model"), TEXTS, concurrency=1, duration_s=0.3).summary()
     assert missing["ok"] == 0 and set(missing["errors"]) == {"404"}  # Triton: unknown model
+
+
+def test_loadtest_protocol_options_are_checked():
+    result = CliRunner().invoke(main, ["loadtest", "http://127.0.0.1:9", "--protocol", "triton", "--duration", "0.1"])
+    assert result.exit_code == 2 and result.output.strip() == \
+        "error: --protocol triton needs --model NAME, and --model applies only to --protocol triton"
+
+
+def test_triton_table_recipe_runs(running, tiny_onnx, tmp_path):
+    """The comparison recipe at toy scale (real numbers: benchmarks/results/triton.md, run on a quiet machine)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, sentiment_rows, write_csv
+
+    data = write_csv(tmp_path / "texts.csv", sentiment_rows(16))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.runs.triton_table", "--artifact", str(tiny_onnx.path),
+                           "--data", str(data), "--duration", "0.5", "--repeats", "1", "--concurrency", "4",
+                           "--sequence-lengths", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "triton.json").read_text())["rows"]
+    assert [r["server"] for r in rows] == ["kiln serve", "triton (stand-in onnxruntime backend)"]
+    assert all(r["ok"] > 0 and r["lost"] == 0 and r["errors"] == {} for r in rows)
+    assert rows[1]["mean_batch"] is not None and "STAND-IN" in (tmp_path / "triton.md").read_text()

@@ -76,7 +76,6 @@ def environment() -> dict[str, str]:
     libs = [sysconfig.get_config_var("LIBDIR") or "", str(pytriton_dir().parent / "nvidia_pytriton.libs")]  # type: ignore[union-attr]
     env["LD_LIBRARY_PATH"] = ":".join([*libs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
     return env
 
 
