@@ -183,7 +183,8 @@ def running(repo, tmp_path_factory):
             pass
     except RuntimeError as e:
         pytest.skip(f"the Triton core cannot start here: {str(e).splitlines()[0]}")
-    with core.triton_core(repo, timeout_s=90) as c:
+    # summary_latencies as deploy/triton.yaml sets it, so the metrics deploy/ names can be checked live
+    with core.triton_core(repo, timeout_s=90, extra_args=("--metrics-config=summary_latencies=true",)) as c:
         yield c
 
 
@@ -229,7 +230,10 @@ def test_real_core_over_grpc_and_metrics(running):
     assert infer(running.url, "fp32", [TEXTS[0]])[0][0] == result.as_numpy("LABEL")[0][0].decode()
     with urllib.request.urlopen(running.metrics, timeout=10) as r:
         metrics = r.read().decode()
-    assert 'nv_inference_queue_duration_us{model="fp32_model"' in metrics  # what deploy/ autoscales on
+    assert 'nv_inference_pending_request_count{model="fp32_model"' in metrics  # what deploy/ autoscales on
+    from tests.test_deploy import TRITON_METRICS  # every Triton metric deploy/'s alerts and autoscaler read
+    exported = set(re.findall(r"^(nv_\w+?)(?:\{| )", metrics, re.M))
+    assert TRITON_METRICS <= exported, TRITON_METRICS - exported
 
 
 def test_loadtest_targets_the_real_core(running):

@@ -87,7 +87,8 @@ class Core:
 
 
 @contextlib.contextmanager
-def triton_core(repository: Path, timeout_s: float = 60.0, log: Path | None = None) -> Iterator[Core]:
+def triton_core(repository: Path, timeout_s: float = 60.0, log: Path | None = None,
+                extra_args: tuple[str, ...] = ()) -> Iterator[Core]:
     """Run tritonserver on the repository; yield its addresses once /v2/health/ready answers 200."""
     root = pytriton_dir()
     assert root is not None, why_not()
@@ -100,7 +101,7 @@ def triton_core(repository: Path, timeout_s: float = 60.0, log: Path | None = No
            "--http-address=127.0.0.1", f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
            "--allow-metrics=true", "--allow-gpu-metrics=false", f"--metrics-port={metrics}",
            "--metrics-address=127.0.0.1", "--strict-readiness=true", "--exit-on-error=true", "--log-verbose=0",
-           f"--backend-config=python,shm-default-byte-size={1 << 22}"]
+           f"--backend-config=python,shm-default-byte-size={1 << 22}", *extra_args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environment(), cwd=work)
     url = f"http://127.0.0.1:{http}"
