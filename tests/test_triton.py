@@ -268,3 +268,22 @@ def test_triton_table_recipe_runs(running, tiny_onnx, tmp_path):
     assert [r["server"] for r in rows] == ["kiln serve", "triton (stand-in onnxruntime backend)"]
     assert all(r["ok"] > 0 and r["lost"] == 0 and r["errors"] == {} for r in rows)
     assert rows[1]["mean_batch"] is not None and "STAND-IN" in (tmp_path / "triton.md").read_text()
+
+
+def test_readme_scale_out_command_runs(tiny_onnx, int8_onnx, tmp_path):
+    """The README's `kiln export-triton` line, options included, on the tiny artifacts."""
+    import shlex
+
+    from tests.conftest import REPO
+
+    block = (REPO / "README.md").read_text().split("## Scale out", 1)[1].split("```", 2)[1]
+    lines = block.strip().splitlines()
+    command = (lines[0] + " " + lines[1]).replace("[--json]", "").replace("cpu|gpu", "cpu")
+    command = command.replace("[", "").replace("]", "")  # optional parts written as [...] are all given
+    args = shlex.split(command)[1:]
+    assert args[:3] == ["export-triton", "ft-fp32", "ft-int8"] and "-o" in args
+    args[1:3] = [str(tiny_onnx.path), str(int8_onnx.path)]
+    args[args.index("-o") + 1] = str(tmp_path / "triton-repo")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert set(configs(tmp_path / "triton-repo")) >= {"fp32", "int8", "fp32_model", "int8_model"}
