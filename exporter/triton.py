@@ -143,6 +143,11 @@ def model_config(art: Artifact, name: str, config: TritonConfig) -> Any:
     if any(isinstance(d, int) for d in first):
         raise ArtifactError(f"{art.path}: every input and output needs a dynamic first (batch) dimension for "
                             f"Triton's batching; got first dims {first}")
+    for spec in art.inputs:  # a TensorRT engine refuses batches beyond its optimization profile
+        if spec.profile and spec.profile[2] and spec.profile[2][0] < config.max_batch_size:
+            raise ConfigError(f"max_batch_size {config.max_batch_size} exceeds {art.path}'s profile for input "
+                              f"{spec.name!r} (batch up to {spec.profile[2][0]}); pass --max-batch-size "
+                              f"{spec.profile[2][0]} or rebuild the engine")
     kind = "KIND_GPU" if art.format == "tensorrt" else config.kind  # an engine only runs on the GPU
     mc = pb.ModelConfig(
         name=name, platform=platform, backend=backend, max_batch_size=config.max_batch_size,
@@ -167,8 +172,15 @@ def python_config(name: str, inputs: list[Any], outputs: list[Any], config: Trit
 
 
 def text_models(art: Artifact, name: str, config: TritonConfig) -> dict[str, Any]:
-    """preprocess, postprocess and the ensemble joining them to NAME_model, for a text classifier."""
+    """{"preprocess", "postprocess", "ensemble"}: the models joining raw text to NAME_model, for a text classifier."""
     pb = model_config_pb2()
+    from runtime.pipeline import pad_rows
+
+    produced = set(pad_rows([([0], [0])], 1))  # what the tokenizer model can feed (the runtime's own text feed)
+    unknown = [s.name for s in art.inputs if s.name not in produced]
+    if unknown:
+        raise ArtifactError(f"{art.path}: the text preprocessing model feeds {', '.join(sorted(produced))}; this model "
+                            f"also needs {', '.join(unknown)}")
     logits = art.outputs[0]
     num_labels = logits.shape[-1]
     if not isinstance(num_labels, int):
@@ -190,7 +202,7 @@ def text_models(art: Artifact, name: str, config: TritonConfig) -> dict[str, Any
     outputs = [tensor(pb, pb.ModelOutput, LABEL, "string", [1]), tensor(pb, pb.ModelOutput, SCORES, "float32", [num_labels])]
     ensemble = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=config.max_batch_size,
                               input=[text], output=outputs, ensemble_scheduling=pb.ModelEnsembling(step=steps))
-    return {f"{name}_preprocess": pre, f"{name}_postprocess": post, name: ensemble}
+    return {"preprocess": pre, "postprocess": post, "ensemble": ensemble}
 
 
 def config_text(mc: Any) -> str:
@@ -249,9 +261,9 @@ def to_triton(artifacts: Sequence[Artifact | str | Path], config: TritonConfig, 
             models[f"{name}_model"] = art.format
             if art.task != "text-classification":
                 continue
-            for model_name, cfg in text_models(art, name, config).items():
-                write_text_model(staged, model_name, cfg, art, config)
-                models[model_name] = cfg.backend or cfg.platform
+            for role, cfg in text_models(art, name, config).items():
+                write_text_model(staged, role, cfg, art, config)
+                models[cfg.name] = cfg.backend or cfg.platform
         summary = {"repository": str(Path(out).absolute()), "models": models,
                    "endpoints": [n for n in names if n in models], "config": asdict(config),
                    "seconds": round(time.perf_counter() - started, 3)}
@@ -264,24 +276,25 @@ def external_data(art: Artifact) -> dict[str, Path]:
     return {f.name: f for f in art.path.iterdir() if f.is_file() and f.name.endswith((".onnx.data", ".onnx_data"))}
 
 
-def write_text_model(staged: Path, name: str, mc: Any, art: Artifact, config: TritonConfig) -> None:
+def write_text_model(staged: Path, role: str, mc: Any, art: Artifact, config: TritonConfig) -> None:
     here = Path(__file__).parent
-    if mc.platform == "ensemble":
-        write_model(staged / name, mc, {})
-    elif name.endswith("_preprocess"):
-        settings = {"inputs": [s.name for s in art.inputs], "max_length": int(art.meta.get("max_length", 512)),
+    if role == "ensemble":
+        write_model(staged / mc.name, mc, {})
+    elif role == "preprocess":
+        # the model's own input dtypes: a TensorRT engine may take int32 ids where ONNX takes int64
+        settings = {"inputs": {s.name: s.dtype for s in art.inputs}, "max_length": int(art.meta.get("max_length", 512)),
                     "pad_token_id": int(art.meta.get("pad_token_id", 0)), "pad_multiple": PAD_MULTIPLE,
                     "sequence_length": config.sequence_length}
         tokenizer = art.path / art.meta.get("tokenizer", "tokenizer.json")
-        if not tokenizer.is_file():
-            raise ArtifactError(f"{art.path}: no tokenizer ({tokenizer.name}); re-export it with `kiln export`")
-        write_model(staged / name, mc, {"model.py": here / "triton_preprocess.py", "tokenizer.json": tokenizer})
-        (staged / name / "1" / "kiln-preprocess.json").write_text(json.dumps(settings) + "\n")
+        if not tokenizer.is_file() or not tokenizer.resolve().is_relative_to(art.path.resolve()):
+            raise ArtifactError(f"{art.path}: no tokenizer ({tokenizer.name}) inside the artifact; re-export it")
+        write_model(staged / mc.name, mc, {"model.py": here / "triton_preprocess.py", "tokenizer.json": tokenizer})
+        (staged / mc.name / "1" / "kiln-preprocess.json").write_text(json.dumps(settings) + "\n")
     else:
         labels = art.labels
         num = mc.output[1].dims[0]
         bad = [v for v in labels.values() if not isinstance(v, str) or not v.strip() or "\n" in v or "\r" in v]
         if bad:  # labels.txt holds one name per line
             raise ArtifactError(f"{art.path}: label names must be non-empty single lines, got {bad!r}")
-        write_model(staged / name, mc, {"model.py": here / "triton_postprocess.py"},
+        write_model(staged / mc.name, mc, {"model.py": here / "triton_postprocess.py"},
                     {"labels.txt": "".join(f"{labels.get(i, str(i))}\n" for i in range(num))})

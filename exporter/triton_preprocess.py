@@ -53,6 +53,6 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"TEXT is not UTF-8: {e}")))
                 continue
             feed = self.encode(texts)
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(name, feed[name]) for name in self.settings["inputs"]]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(name, feed[name].astype(dtype)) for name, dtype in self.settings["inputs"].items()]))
         return responses

@@ -287,3 +287,48 @@ def test_readme_scale_out_command_runs(tiny_onnx, int8_onnx, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert set(configs(tmp_path / "triton-repo")) >= {"fp32", "int8", "fp32_model", "int8_model"}
+
+
+def test_preprocess_model_feeds_what_text_classifier_feeds(tiny_onnx):
+    """The Triton tokenizer model is a copy (it runs without Kiln): it must pad and encode like the runtime."""
+    import importlib.util
+
+    from runtime.pipeline import TextClassifier
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("kiln_triton_pre", REPO / "exporter" / "triton_preprocess.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pre = module.TritonPythonModel()
+    with TextClassifier(tiny_onnx, backend="onnxruntime") as clf:
+        pre.tokenizer = clf.tokenizer
+        pre.settings = {"max_length": int(tiny_onnx.meta.get("max_length", 512)), "pad_multiple": 8,
+                        "pad_token_id": int(tiny_onnx.meta.get("pad_token_id", 0)), "sequence_length": 0}
+        for text in TEXTS:
+            want = clf.feed_for(clf.encode([text]))
+            got = pre.encode([text])
+            assert set(want) <= set(got) and all(np.array_equal(got[k], want[k]) for k in want), text
+    pre.settings["sequence_length"] = 64
+    assert pre.encode(["fine"])["input_ids"].shape == (1, 64)
+
+
+def test_engine_profile_limits_max_batch_size(tiny_onnx, tmp_path):
+    from runtime.errors import ConfigError
+
+    eng = tmp_path / "engine"
+    eng.mkdir()
+    (eng / "model.engine").write_bytes(b"engine")
+    inputs = tuple(TensorSpec(s.name, "int32", s.shape, ((1, 1), (8, 64), (16, 128))) for s in tiny_onnx.inputs)
+    Artifact(eng, "tensorrt", tiny_onnx.task, inputs, tiny_onnx.outputs,
+             meta={**tiny_onnx.meta, "model_file": "model.engine"}).write_manifest()
+    with pytest.raises(ConfigError, match=r"max_batch_size 32 exceeds .*batch up to 16.*--max-batch-size 16"):
+        to_triton([eng], TritonConfig(), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    shutil.copy2(tiny_onnx.path / "tokenizer.json", eng / "tokenizer.json")
+    to_triton([eng], TritonConfig(max_batch_size=16), tmp_path / "r")
+    # the engine takes int32 ids: the tokenizer model is told to emit them
+    settings = json.loads((tmp_path / "r" / "engine_preprocess" / "1" / "kiln-preprocess.json").read_text())
+    assert set(settings["inputs"].values()) == {"int32"}
+    pre = parse_config((tmp_path / "r" / "engine_preprocess" / "config.pbtxt").read_text())
+    assert {t.data_type for t in pre.output} == {8}  # TYPE_INT32
