@@ -125,9 +125,9 @@ def triton_target(url: str, model: str, timeout_s: float = 30.0) -> Callable[[],
     as a client of the ensemble `kiln export-triton` writes sends it."""
     if not model or "/" in model:
         raise ConfigError(f"give the Triton model to load (the ensemble's name, e.g. --model fp32), got {model!r}")
-    return _post_target(url, f"/v2/models/{model}/infer",
-                        lambda text: {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]},
-                        timeout_s)
+    def body(text: str) -> dict[str, Any]:
+        return {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]}
+    return _post_target(url, f"/v2/models/{model}/infer", body, timeout_s)
 
 
 def _post_target(url: str, route: str, body_for: Callable[[str], Any], timeout_s: float) -> Callable[[], Target]:

@@ -98,7 +98,8 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
 @click.option("--model", default="", help="--protocol triton: the model to call (the ensemble export-triton wrote).")
 @json_option
 def loadtest(target: str, concurrency: int, rate: float | None, duration: float, data: str, text_column: str,
-             max_batch_size: int, max_delay_ms: float, max_queue: int, protocol: str, model: str, as_json: bool) -> None:
+             max_batch_size: int, max_delay_ms: float, max_queue: int, protocol: str, model: str,
+             as_json: bool) -> None:
     """Load a running server (TARGET = http://host:port) or an in-process Batcher (TARGET = an artifact)."""
     from benchmarks.load import batcher_target, closed_loop, http_target, open_loop, triton_target
     from calibration.datasets import load_texts
@@ -109,7 +110,8 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
     if (protocol == "triton") != bool(model):
         raise ConfigError("--protocol triton needs --model NAME, and --model applies only to --protocol triton")
     if protocol == "triton" and "://" not in target:
-        raise ConfigError(f"--protocol triton loads a running Triton server: TARGET must be http://host:port, got {target!r}")
+        raise ConfigError(f"--protocol triton loads a running Triton server: TARGET must be http://host:port, "
+                          f"got {target!r}")
     texts = load_texts(data, text_column)
     clf = batcher = None
     if protocol == "triton":

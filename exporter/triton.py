@@ -155,7 +155,8 @@ def model_config(art: Artifact, name: str, config: TritonConfig) -> Any:
         input=[tensor(pb, pb.ModelInput, s.name, s.dtype, spec_dims(s, True)) for s in art.inputs],
         output=[tensor(pb, pb.ModelOutput, s.name, s.dtype, spec_dims(s, True)) for s in art.outputs],
         dynamic_batching=batching(pb, config, model=True),
-        instance_group=[pb.ModelInstanceGroup(count=config.instance_count, kind=pb.ModelInstanceGroup.Kind.Value(kind))])
+        instance_group=[pb.ModelInstanceGroup(count=config.instance_count,
+                                              kind=pb.ModelInstanceGroup.Kind.Value(kind))])
     if art.format == "onnx":
         mc.optimization.graph.level = 1 if config.ort_graph_optimization else -1
         if config.ort_intra_op_threads:
@@ -199,7 +200,8 @@ def text_models(art: Artifact, name: str, config: TritonConfig) -> dict[str, Any
                   output_map={logits.name: f"_{logits.name}"}),
              Step(model_name=f"{name}_postprocess", model_version=-1, input_map={logits.name: f"_{logits.name}"},
                   output_map={LABEL: LABEL, SCORES: SCORES})]
-    outputs = [tensor(pb, pb.ModelOutput, LABEL, "string", [1]), tensor(pb, pb.ModelOutput, SCORES, "float32", [num_labels])]
+    outputs = [tensor(pb, pb.ModelOutput, LABEL, "string", [1]),
+               tensor(pb, pb.ModelOutput, SCORES, "float32", [num_labels])]
     ensemble = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=config.max_batch_size,
                               input=[text], output=outputs, ensemble_scheduling=pb.ModelEnsembling(step=steps))
     return {"preprocess": pre, "postprocess": post, "ensemble": ensemble}

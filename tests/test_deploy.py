@@ -90,7 +90,8 @@ def test_deployments_probe_health_and_outlast_the_drain():
         assert any(m["mountPath"] == "/models" and m["readOnly"] for m in container["volumeMounts"])
         # both servers drain in-flight requests for up to 30 s, after a 5 s preStop pause
         assert pod["terminationGracePeriodSeconds"] > 30 + 5
-        assert kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == kinds["Deployment"]["metadata"]["name"]
+        target = kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"]
+        assert target == kinds["Deployment"]["metadata"]["name"]
     triton_args = " ".join(kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "--exit-timeout-secs=30" in triton_args and "summary_latencies=true" in triton_args
 

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from exporter.cli import main
 from runtime.artifact import Artifact, TensorSpec
 
-pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient (ModelConfig protobuf) is not installed: "
-                    "pip install 'modelkiln[triton]'")
+pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                    reason="tritonclient (ModelConfig protobuf) is not installed: pip install 'modelkiln[triton]'")
 
 from exporter.triton import DTYPES, TritonConfig, parse_config, to_triton  # noqa: E402
 from tests.triton_fixtures import core  # noqa: E402
@@ -32,7 +32,9 @@ TEXTS = ["the movie was very good", "a dull , boring film", "great acting but th
 def int8_onnx(tiny_onnx, tmp_path_factory):
     from exporter.quantize import QuantConfig, quantize
 
-    return quantize(tiny_onnx, QuantConfig(method="dynamic-int8", validate=False), tmp_path_factory.mktemp("q") / "int8")
+    # validate=False: a random tiny model's logits sit near 0.5/0.5; this test compares servers, not quantization
+    return quantize(tiny_onnx, QuantConfig(method="dynamic-int8", validate=False),
+                    tmp_path_factory.mktemp("q") / "int8")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,8 @@ def bad_format_artifact(tmp_path: Path, tiny_onnx: Artifact) -> Path:
     path = tmp_path / "torch-art"
     path.mkdir()
     (path / "model.pt").write_bytes(b"x")
-    Artifact(path, "torch", tiny_onnx.task, tiny_onnx.inputs, tiny_onnx.outputs, meta={"model_file": "model.pt"}).write_manifest()
+    Artifact(path, "torch", tiny_onnx.task, tiny_onnx.inputs, tiny_onnx.outputs,
+             meta={"model_file": "model.pt"}).write_manifest()
     return path
 
 

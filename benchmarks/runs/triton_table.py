@@ -107,8 +107,8 @@ def main() -> None:
              "Triton's shared-memory IPC, which the real C++ backend does not). Tokenizing and softmax run in",
              "Triton Python-backend models joined by an ensemble, as `kiln export-triton` writes them.",
              "Closed loop: each client sends one real test sentence per request and waits for the answer.",
-             "mean_batch: inputs per model call (kiln serve: /metrics kiln_batch_size; Triton: nv_inference_request_success",
-             "/ nv_inference_exec_count of the model). Server and load generator share the machine's cores;",
+             "mean_batch: inputs per model call (kiln serve: /metrics kiln_batch_size; Triton:",
+             "nv_inference_request_success / nv_inference_exec_count of the model). Server and load generator share the machine's cores;",
              "client_cpu_pct is the generator's share of one core."]
     cols = ["server", "run", "load", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_batch", "sent",
             "lost", "ok", "errors", "client_cpu_pct"]

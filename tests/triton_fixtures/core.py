@@ -73,7 +73,9 @@ def environment() -> dict[str, str]:
     """The stub embeds libpython: without this it picks up the system's libpython and crashes; it must load
     the running interpreter's own library (and find this environment's packages through PATH)."""
     env = dict(os.environ)
-    libs = [sysconfig.get_config_var("LIBDIR") or "", str(pytriton_dir().parent / "nvidia_pytriton.libs")]  # type: ignore[union-attr]
+    root = pytriton_dir()
+    assert root is not None
+    libs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = ":".join([*libs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
