@@ -1,4 +1,4 @@
-"""Load generation against `kiln serve` (HTTP) or an in-process Batcher.
+"""Load generation against `kiln serve` (HTTP), a Triton server (HTTP, KServe v2) or an in-process Batcher.
 
 closed loop: N clients, each sends its next request when the previous one answers.
 open loop: Poisson arrivals at a fixed rate, whatever the server does; latency is measured from the
@@ -117,16 +117,30 @@ class _Connection:
 
 def http_target(url: str, timeout_s: float = 30.0) -> Callable[[], Target]:
     """A factory of senders, each with its own keep-alive connection, that POST one text to /v1/predict."""
+    return _post_target(url, "/v1/predict", lambda text: {"inputs": [text]}, timeout_s)
+
+
+def triton_target(url: str, model: str, timeout_s: float = 30.0) -> Callable[[], Target]:
+    """Like http_target for a Triton server (KServe v2 protocol): one text per request to MODEL's TEXT input,
+    as a client of the ensemble `kiln export-triton` writes sends it."""
+    if not model or "/" in model:
+        raise ConfigError(f"give the Triton model to load (the ensemble's name, e.g. --model fp32), got {model!r}")
+    def body(text: str) -> dict[str, Any]:
+        return {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]}
+    return _post_target(url, f"/v2/models/{model}/infer", body, timeout_s)
+
+
+def _post_target(url: str, route: str, body_for: Callable[[str], Any], timeout_s: float) -> Callable[[], Target]:
     parsed = urlparse(url)
     if parsed.scheme != "http" or not parsed.hostname:
         raise ConfigError(f"url must look like http://127.0.0.1:8000, got {url!r}")
-    path = (parsed.path.rstrip("/") or "") + "/v1/predict"
+    path = (parsed.path.rstrip("/") or "") + route
     host, port = parsed.hostname, parsed.port or 80
     encoded: dict[str, bytes] = {}
 
     def request_for(text: str) -> bytes:
         if text not in encoded:
-            body = json.dumps({"inputs": [text]}).encode()
+            body = json.dumps(body_for(text)).encode()
             encoded[text] = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
                              f"Content-Length: {len(body)}\r\n\r\n").encode() + body
         return encoded[text]

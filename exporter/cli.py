@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from exporter import cli_build, cli_release, cli_serving, cli_stages
+from exporter import cli_build, cli_release, cli_serving, cli_stages, cli_triton
 from exporter.cli_common import (
     KilnGroup, backend_option, cuda_graphs_option, describe, device_option, dtype_option, emit, force_option, json_option,
     progress,
@@ -194,7 +194,7 @@ def doctor(as_json: bool) -> None:
 
 for command in (cli_stages.finetune, cli_stages.prune, cli_stages.quantize, cli_stages.optimize, cli_stages.evaluate,
                 cli_serving.serve, cli_serving.loadtest, cli_release.sign, cli_release.verify, cli_release.keygen,
-                cli_build.build):
+                cli_build.build, cli_triton.export_triton):
     main.add_command(command)
 
 __all__ = ["main"]

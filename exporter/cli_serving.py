@@ -93,19 +93,30 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
 @click.option("--max-batch-size", default=32, show_default=True, type=int, help="In-process mode only.")
 @click.option("--max-delay-ms", default=0.0, show_default=True, type=float, help="In-process mode only.")
 @click.option("--max-queue", default=256, show_default=True, type=int, help="In-process mode only.")
+@click.option("--protocol", type=click.Choice(["kiln", "triton"]), default="kiln", show_default=True,
+              help="HTTP mode: kiln serve's /v1/predict, or Triton's KServe v2 /v2/models/MODEL/infer.")
+@click.option("--model", default="", help="--protocol triton: the model to call (the ensemble export-triton wrote).")
 @json_option
 def loadtest(target: str, concurrency: int, rate: float | None, duration: float, data: str, text_column: str,
-             max_batch_size: int, max_delay_ms: float, max_queue: int, as_json: bool) -> None:
+             max_batch_size: int, max_delay_ms: float, max_queue: int, protocol: str, model: str,
+             as_json: bool) -> None:
     """Load a running server (TARGET = http://host:port) or an in-process Batcher (TARGET = an artifact)."""
-    from benchmarks.load import batcher_target, closed_loop, http_target, open_loop
+    from benchmarks.load import batcher_target, closed_loop, http_target, open_loop, triton_target
     from calibration.datasets import load_texts
     from runtime.batching import Batcher
     from runtime.pipeline import TextClassifier
     from runtime.server import length_bucket
 
+    if (protocol == "triton") != bool(model):
+        raise ConfigError("--protocol triton needs --model NAME, and --model applies only to --protocol triton")
+    if protocol == "triton" and "://" not in target:
+        raise ConfigError(f"--protocol triton loads a running Triton server: TARGET must be http://host:port, "
+                          f"got {target!r}")
     texts = load_texts(data, text_column)
     clf = batcher = None
-    if "://" in target:
+    if protocol == "triton":
+        make = triton_target(target, model)
+    elif "://" in target:
         make = http_target(target)
     else:
         clf = TextClassifier(target, batch_size=max_batch_size)
