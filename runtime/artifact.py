@@ -93,6 +93,20 @@ class Artifact:
         return self.path / self.meta.get("model_file", "")
 
     @property
+    def model_meta(self) -> Any:
+        """`meta` typed (runtime.tasks.meta.ModelMeta): one default per key, family keys in .extra."""
+        from runtime.tasks.meta import ModelMeta  # here, not at the top: runtime.tasks imports this module
+
+        return ModelMeta.from_dict(self.meta)
+
+    @property
+    def family(self) -> Any:
+        """The task family (runtime.tasks.Family) that knows this artifact's inputs and outputs."""
+        from runtime.tasks import family_for
+
+        return family_for(self.task)
+
+    @property
     def labels(self) -> dict[int, str]:
         return {int(k): v for k, v in self.meta.get("labels", {}).items()}
 

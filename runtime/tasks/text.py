@@ -1,0 +1,274 @@
+"""The text family: BERT-style encoders (classification, token classification, sentence embeddings).
+
+The only module that knows text models take input_ids / attention_mask / token_type_ids.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from runtime.errors import ArtifactError, BackendError, InputError, SourceError
+from runtime.tasks import Family, Feed, TaskInfo, predictions
+from runtime.tasks.meta import ModelMeta
+
+if TYPE_CHECKING:
+    from runtime.artifact import Artifact, TensorSpec
+
+# Architecture knowledge as data: the inputs each model type's forward takes, in export order.
+INPUT_NAMES: dict[str, tuple[str, ...]] = {
+    "bert": ("input_ids", "attention_mask", "token_type_ids"),
+    "distilbert": ("input_ids", "attention_mask"),
+    "roberta": ("input_ids", "attention_mask"),
+}
+INPUT_AXES = ("batch", "sequence")  # every text input is int64[batch, sequence]
+MASK = "attention_mask"
+
+# Several batch sizes and lengths: a dynamic-axes bug (a dim frozen at trace time) shows up as a
+# failure on at least one of them. The last rows of each batch are padded.
+VALIDATION_SHAPES: tuple[tuple[int, int], ...] = ((1, 7), (4, 33), (8, 128))
+# ids below 1000 exist in every BERT-family vocabulary: feeds for a manifest that does not record
+# vocab_size draw from them
+FALLBACK_VOCAB = 1000
+SPECIAL_IDS = (101, 102, 0)  # BERT's [CLS], [SEP], [PAD]
+
+
+def pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """(token ids, type ids) per row -> input_ids / attention_mask / token_type_ids, padded (or cut) to length."""
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    types = np.zeros((len(rows), length), dtype=np.int64)
+    for row, (tok, typ) in enumerate(rows):
+        k = min(len(tok), length)
+        ids[row, :k], mask[row, :k], types[row, :k] = tok[:k], 1, typ[:k]
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def as_row(item: Any) -> tuple[Sequence[int], Sequence[int]]:
+    """A tokenized input as (ids, type ids): a `tokenizers.Encoding`, or an (ids, type ids) pair."""
+    if hasattr(item, "ids"):
+        return item.ids, item.type_ids
+    return item
+
+
+def split_by_padding(padded: Sequence[int], max_batch: int, overhead: float) -> list[tuple[int, int]]:
+    """Cut rows sorted longest-first into consecutive groups of at most max_batch rows, minimizing the
+    tokens computed: each group costs `overhead` (a model call's fixed cost, in token-equivalents) plus
+    rows x the group's padded length. Padding a 12-token sentence to 56 costs more than a second call,
+    so a group of mixed lengths is split where that pays; overhead=inf gives plain chunks of max_batch."""
+    n = len(padded)
+    if overhead == float("inf"):
+        return [(s, min(s + max_batch, n)) for s in range(0, n, max_batch)]
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest cost of rows [0, j)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_batch), j):  # group [i, j) is padded to padded[i], its longest
+            cost = best[i] + overhead + (j - i) * padded[i]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append((cut[j], j))
+        j = cut[j]
+    return groups[::-1]
+
+
+def load_tokenizer(artifact: Artifact) -> Any:
+    """The artifact's `tokenizers.Tokenizer`, unpadded (batches pad themselves), truncating at max_length."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise BackendError("the text pipelines need the tokenizers library; pip install modelkiln") from None
+    meta = ModelMeta.from_dict(artifact.meta)
+    path = artifact.path / meta.tokenizer
+    if not path.is_file():
+        raise ArtifactError(f"artifact {artifact.path} has no tokenizer ({path.name}); re-export it with `kiln export`")
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()  # padding is done per batch, to the batch's own length
+    tok.enable_truncation(meta.max_length)
+    return tok
+
+
+def check_texts(texts: Sequence[Any]) -> list[str]:
+    """A list of strings, or an InputError saying which item is not one."""
+    if isinstance(texts, str):
+        raise InputError("texts must be a list of strings, got a single string; wrap it in a list")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"texts[{i}] is {type(t).__name__}; every input must be a string")
+    return texts
+
+
+def synthetic_text(input_names: Sequence[str], vocab_size: int, shapes: Sequence[tuple[int, int]] = VALIDATION_SHAPES,
+                   seed: int = 0, special_ids: tuple[int, int, int] = SPECIAL_IDS) -> Iterator[Feed]:
+    """Seeded token-id feeds that look like tokenized text: [CLS] tokens [SEP] then padding.
+
+    special_ids is (cls, sep, pad); ids outside the vocabulary are replaced by 1..vocab_size-1.
+    """
+    rng = np.random.default_rng(seed)
+    cls_id, sep_id, pad_id = (i if 0 <= i < vocab_size else 1 for i in special_ids)
+    low = min(1000, vocab_size // 2)  # skip the reserved/unused ids at the start of BERT vocabularies
+    for batch, seq in shapes:
+        ids = np.full((batch, seq), pad_id, dtype=np.int64)
+        mask = np.zeros((batch, seq), dtype=np.int64)
+        for row in range(batch):
+            # the first row is full length; the others are shorter, so padding is exercised
+            length = seq if row == 0 else int(rng.integers(min(2, seq), seq + 1))
+            ids[row, :length] = rng.integers(low, vocab_size, size=length)
+            ids[row, 0] = cls_id
+            ids[row, length - 1] = sep_id
+            mask[row, :length] = 1
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        yield {k: feed[k] for k in input_names}
+
+
+def from_texts(tokenizer: Any, texts: Sequence[str], max_length: int, input_names: Sequence[str],
+               batch_size: int = 1, pad_to: int | None = None, pad_id: int = 0) -> Iterator[Feed]:
+    """Feeds from texts with a `tokenizers.Tokenizer`. pad_to fixes every batch to one shape
+    (onnxruntime's percentile/entropy calibrators need all batches to share a shape)."""
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    texts = list(texts)
+    for start in range(0, len(texts), batch_size):
+        encs = tokenizer.encode_batch(texts[start:start + batch_size])
+        feed = pad_rows([(e.ids, e.type_ids) for e in encs], pad_to or max(len(e.ids) for e in encs), pad_id)
+        yield {k: feed[k] for k in input_names}
+
+
+def sample_by_length(texts: Sequence[str], lengths: Sequence[int], n: int, seed: int = 0) -> list[str]:
+    """n texts stratified by token length: sort by length, cut into n strata, draw one from each."""
+    if n >= len(texts):
+        return list(texts)
+    rng = np.random.default_rng(seed)
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    strata = np.array_split(order, n)
+    return [texts[int(rng.choice(s))] for s in strata]
+
+
+def checkpoint_text_meta(model_dir: Path, config: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """Pre/post-processing facts the runtime needs: labels, max length, pooling, special ids."""
+    limits = [int(config.get("max_position_embeddings", 512))]
+    tok_cfg = model_dir / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        with open(tok_cfg) as f:
+            mml = json.load(f).get("model_max_length")
+        if isinstance(mml, int) and mml < 1_000_000:  # transformers writes 1e30 for "no limit"
+            limits.append(mml)
+    st_cfg = model_dir / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        limits.append(int(json.loads(st_cfg.read_text()).get("max_seq_length", limits[0])))
+    meta: dict[str, Any] = {"model_type": config["model_type"], "max_length": min(limits),
+                            "pad_token_id": int(config.get("pad_token_id") or 0),
+                            "vocab_size": int(config.get("vocab_size", 0)),
+                            "num_heads": int(config.get("num_attention_heads", config.get("n_heads", 0))),
+                            "hidden_size": int(config.get("hidden_size", config.get("dim", 0)))}
+    if task == "text-classification" or task == "token-classification":
+        id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+        meta["labels"] = {str(k): v for k, v in id2label.items()}
+    if task == "feature-extraction":
+        pooling, normalize = "mean", False
+        pool_cfg = model_dir / "1_Pooling" / "config.json"
+        if pool_cfg.is_file() and json.loads(pool_cfg.read_text()).get("pooling_mode_cls_token"):
+            pooling = "cls"
+        modules = model_dir / "modules.json"
+        if modules.is_file():
+            normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+        meta.update(pooling=pooling, normalize=normalize)
+    return meta
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """Sentence embeddings from [batch, sequence, hidden]: mean over real tokens, or the first token."""
+    if meta.pooling == "cls":
+        emb = hidden[:, 0]
+    else:
+        m = mask[:, :, None].astype(hidden.dtype)
+        emb = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+    emb = emb.astype(np.float32)
+    if meta.normalize:
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return emb
+
+
+class TextFamily(Family):
+    name = "text"
+    tasks = {
+        "text-classification": TaskInfo("AutoModelForSequenceClassification", "logits", ("batch", "num_labels")),
+        "token-classification": TaskInfo("AutoModelForTokenClassification", "logits",
+                                         ("batch", "sequence", "num_labels")),
+        "feature-extraction": TaskInfo("AutoModel", "last_hidden_state", ("batch", "sequence", "hidden")),
+    }
+    # onnxruntime.transformers.optimizer fuses all three as "bert"
+    model_types = {"bert": "bert", "distilbert": "bert", "roberta": "bert"}
+
+    def input_specs(self, model_type: str, config: Mapping[str, Any]) -> tuple[TensorSpec, ...]:
+        from runtime.artifact import TensorSpec
+
+        if model_type not in INPUT_NAMES:
+            raise SourceError(f"unsupported model_type {model_type!r}; Kiln exports {', '.join(INPUT_NAMES)}")
+        return tuple(TensorSpec(n, "int64", INPUT_AXES) for n in INPUT_NAMES[model_type])
+
+    def checkpoint_meta(self, model_dir: Path, config: Mapping[str, Any], task: str) -> dict[str, Any]:
+        return checkpoint_text_meta(model_dir, config, task)
+
+    def example_feed(self, inputs: Sequence[TensorSpec], meta: ModelMeta, batch: int = 1,
+                     size: int | None = None, seed: int = 0) -> Feed:
+        """A full-length (unpadded) feed of in-vocabulary ids, `size` tokens per row (default 128)."""
+        seq = size or 128
+        rng = np.random.default_rng(seed)
+        vocab = meta.vocab_size or FALLBACK_VOCAB
+        ids = rng.integers(min(1000, vocab // 2), vocab, size=(batch, seq), dtype=np.int64)
+        full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        return {s.name: full[s.name] for s in inputs}
+
+    def validation_feeds(self, inputs: Sequence[TensorSpec], meta: ModelMeta, seed: int = 0) -> list[Feed]:
+        """VALIDATION_SHAPES with lengths capped at the model's limit, rows padded like real batches."""
+        shapes = [(b, min(s, meta.max_length)) for b, s in VALIDATION_SHAPES]
+        return list(synthetic_text([s.name for s in inputs], meta.vocab_size or FALLBACK_VOCAB, shapes, seed))
+
+    def preprocess(self, artifact: Artifact, raw: Sequence[Any]) -> list[Any]:
+        """Texts -> `tokenizers.Encoding`s (truncated at max_length)."""
+        return load_tokenizer(artifact).encode_batch(check_texts(raw))
+
+    def collate(self, items: Sequence[Any], input_names: Sequence[str], meta: ModelMeta,
+                length: int | None = None) -> Feed:
+        """Pad tokenized items to `length` (default: the longest) with the model's pad id."""
+        rows = [as_row(i) for i in items]
+        feed = pad_rows(rows, length or max(len(ids) for ids, _ in rows), meta.pad_token_id)
+        return {k: feed[k] for k in input_names}
+
+    def calibration_feeds(self, artifact: Artifact, raw: Sequence[Any], n: int, fixed_shape: bool = False,
+                          batch_size: int = 8, seed: int = 0) -> list[Feed]:
+        """n texts stratified by token length, tokenized; fixed_shape pads every batch to the longest chosen."""
+        meta = ModelMeta.from_dict(artifact.meta)
+        tok = load_tokenizer(artifact)
+        texts = check_texts(raw)
+        lengths = [len(e.ids) for e in tok.encode_batch(texts)]
+        chosen = sample_by_length(texts, lengths, n, seed)
+        pad_to = min(max(lengths), meta.max_length) if fixed_shape and lengths else None
+        return list(from_texts(tok, chosen, meta.max_length, [s.name for s in artifact.inputs], batch_size,
+                               pad_to, meta.pad_token_id))
+
+    def postprocess(self, task: str, meta: ModelMeta, outputs: Mapping[str, np.ndarray], feed: Feed) -> list[Any]:
+        """text-classification: a Prediction per row; feature-extraction: an embedding per row;
+        token-classification: each row's logits for its real tokens."""
+        out = outputs[self.tasks[task].output]
+        mask = feed.get(MASK)
+        if mask is None:
+            mask = np.ones(out.shape[:2], dtype=np.int64)
+        if task == "text-classification":
+            return predictions(out, meta.labels)
+        if task == "feature-extraction":
+            return list(pool(out, mask, meta))
+        return [row[m.astype(bool)] for row, m in zip(out, mask)]
+
+    def mask(self, feed: Feed) -> np.ndarray | None:
+        """Which positions are real tokens (1) and which padding (0), when the model takes a mask."""
+        return feed.get(MASK)
+
+
+FAMILY = TextFamily()
