@@ -29,13 +29,16 @@ class LatencyResult:
         return asdict(self)
 
 
+def example_feed(session: Session, batch: int, size: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """The artifact family's seeded example feed for the session's inputs (for text: full-length,
+    unpadded rows of `size` in-vocabulary token ids; families with fixed shapes ignore size)."""
+    art = session.artifact
+    return art.family.example_feed(session.inputs, art.model_meta, batch, size, seed)
+
+
 def token_feed(session: Session, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A full-length (unpadded) token feed of in-vocabulary ids for the session's inputs."""
-    rng = np.random.default_rng(seed)
-    vocab = int(session.artifact.meta.get("vocab_size", 30000))
-    ids = rng.integers(min(1000, vocab // 2), vocab, size=(batch, seq_len), dtype=np.int64)
-    full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    return {s.name: full[s.name] for s in session.inputs}
+    """example_feed under its old, text-only name."""
+    return example_feed(session, batch, seq_len, seed)
 
 
 def measure_interleaved(runs: dict[tuple[str, int, int], tuple[Session, dict[str, np.ndarray]]], warmup: int = 5,

@@ -28,6 +28,11 @@ class LabelledTexts:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def inputs(self) -> list[str]:
+        """The raw model inputs (what a family's preprocess takes): the texts."""
+        return self.texts
+
     def subset(self, n: int) -> LabelledTexts:
         return LabelledTexts(self.texts[:n], self.labels[:n], self.label_names, f"{self.source}[:{n}]", self.sha256)
 

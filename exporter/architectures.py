@@ -1,33 +1,27 @@
-"""Architecture knowledge as data: which inputs each model type takes, and how it exports.
+"""Architecture knowledge as data, kept by the task families (runtime/tasks/): which model types Kiln
+exports, which family each belongs to, and how onnxruntime fuses it.
 
 Only `bert` (MiniLM) is exercised on a real checkpoint; the others are covered by tiny models in tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from runtime.errors import SourceError
+from runtime.tasks import Family, families, family_for_model_type
 
 
-@dataclass(frozen=True)
-class Architecture:
-    inputs: tuple[str, ...]
-    ort_model_type: str  # model_type for onnxruntime.transformers.optimizer fusions
+def supported_model_types() -> list[str]:
+    return [t for fam in families().values() for t in fam.model_types]
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture(("input_ids", "attention_mask", "token_type_ids"), "bert"),
-    "distilbert": Architecture(("input_ids", "attention_mask"), "bert"),
-    "roberta": Architecture(("input_ids", "attention_mask"), "bert"),
-}
+def family_of(model_type: str) -> Family:
+    """The family that exports this Hugging Face model_type; unsupported types list the valid ones."""
+    fam = family_for_model_type(model_type)
+    if fam is None:
+        raise SourceError(f"unsupported model_type {model_type!r}; Kiln exports {', '.join(supported_model_types())}")
+    return fam
 
-DYNAMIC_INPUT_AXES = ("batch", "sequence")  # every text input is int64[batch, sequence]
 
-
-def architecture(model_type: str) -> Architecture:
-    try:
-        return ARCHITECTURES[model_type]
-    except KeyError:
-        raise SourceError(
-            f"unsupported model_type {model_type!r}; Kiln exports {', '.join(ARCHITECTURES)}") from None
+def fusion_type(model_type: str) -> str | None:
+    """onnxruntime.transformers.optimizer's model_type for this architecture (None: no fusion)."""
+    return family_of(model_type).fusion_type(model_type)

@@ -141,7 +141,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
           threads: int, rounds: int, dtype: str | None, cuda_graphs: bool, markdown: bool, as_json: bool) -> None:
     """Measure latency percentiles and throughput per backend and batch size."""
     from benchmarks.environment import capture_environment
-    from benchmarks.latency import measure_interleaved, measure_latency, token_feed
+    from benchmarks.latency import example_feed, measure_interleaved, measure_latency
     from benchmarks.report import table
     from runtime.session import open_session
 
@@ -149,7 +149,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
     if seq_len < 1:
         raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
     art = Artifact.load(artifact)
-    max_len = int(art.meta.get("max_length", seq_len))
+    max_len = art.model_meta.max_length
     if seq_len > max_len:
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's maximum length {max_len}")
     options = {"threads": threads} if threads else {}
@@ -163,7 +163,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
         sessions = [stack.enter_context(open_session(art, backend=n, device=device,
                                                      **options, **(torch_options if n == "torch" else {})))
                     for n in names]
-        runs = {(n, b, seq_len): (s, token_feed(s, b, seq_len)) for n, s in zip(names, sessions) for b in sizes}
+        runs = {(n, b, seq_len): (s, example_feed(s, b, seq_len)) for n, s in zip(names, sessions) for b in sizes}
         progress(f"{len(runs)} configurations x ({warmup} warm-up + {iters} timed runs), interleaved in {rounds} rounds")
         sync = None
         if device == "cuda" and any(n == "torch" for n in names):

@@ -144,11 +144,9 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
              force: bool, as_json: bool) -> None:
     """Quantize an ONNX artifact (int8 dynamic/static, fp16), validated and optionally accuracy-guarded."""
     from calibration.datasets import load_labelled, load_texts
-    from calibration.readers import from_texts, sample_by_length
     from exporter.quantize import QuantConfig
     from exporter.quantize import quantize as run_quantize
     from exporter.stage import check_output
-    from runtime.pipeline import load_tokenizer
 
     def names(v: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in v.split(",") if x.strip())
@@ -162,14 +160,9 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
     art = Artifact.load(artifact)
     calibration = None
     if calib_data:
-        tok = load_tokenizer(art)
         texts = load_texts(calib_data, text_column)
-        max_len = int(art.meta.get("max_length", 128))
-        lengths = [len(e.ids) for e in tok.encode_batch(texts)]
-        chosen = sample_by_length(texts, lengths, calib_samples)
-        # percentile/entropy need one shape for every batch: pad those to the longest chosen text
-        pad_to = None if calibrator == "minmax" else min(max(lengths), max_len)
-        calibration = list(from_texts(tok, chosen, max_len, [s.name for s in art.inputs], batch_size=8, pad_to=pad_to))
+        # percentile/entropy need one shape for every batch
+        calibration = art.family.calibration_feeds(art, texts, calib_samples, fixed_shape=calibrator != "minmax")
     names_map = [art.labels[i] for i in sorted(art.labels)] if art.labels else None
     evaluation = load_labelled(eval_data, text_column, label_column, names_map) if eval_data else None
     q = run_quantize(art, config, out, calibration=calibration, eval_data=evaluation, calib_cache=calib_cache,

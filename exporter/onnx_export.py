@@ -10,8 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from calibration.readers import synthetic_text, validation_feeds
-from exporter.architectures import architecture
+from exporter.architectures import fusion_type
 from exporter.compare import compare, tolerance_for
 from exporter.load import TOKENIZER_FILES, check_finite_weights, load_torch_model
 from exporter.stage import Progress, atomic_output, finish, quiet
@@ -76,7 +75,8 @@ def export_graph(model: Any, artifact: Artifact, path: Path, opset: int) -> None
 
     names = tuple(s.name for s in artifact.inputs)
     outs = tuple(s.name for s in artifact.outputs)
-    sample = next(synthetic_text(names, int(model.config.vocab_size), shapes=((2, 16),), seed=0))
+    # batch 2: a batch-1 trace can freeze the batch axis
+    sample = artifact.family.example_feed(artifact.inputs, artifact.model_meta, batch=2, size=16, seed=0)
     args = tuple(torch.from_numpy(sample[n]) for n in names)
     axes = {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in (*artifact.inputs, *artifact.outputs)}
     with patched_for_export(model), warnings.catch_warnings():
@@ -92,7 +92,9 @@ def fuse_graph(path: Path, meta: dict[str, Any]) -> dict[str, int]:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    arch_type = architecture(meta["model_type"]).ort_model_type
+    arch_type = fusion_type(meta["model_type"])
+    if arch_type is None:  # a model type onnxruntime's transformer optimizer does not know
+        return {}
     options = FusionOptions(arch_type)
     if meta.get("structure"):
         # Attention fusion takes one head count for every layer; a structurally pruned model has
@@ -161,8 +163,7 @@ def validate_against(reference: Artifact, candidate: Artifact, model: Any, seed:
     """compare() the candidate with the in-memory torch model on seeded feeds of several shapes."""
     from runtime.backends.torch_backend import TorchSession
 
-    feeds = validation_feeds([s.name for s in reference.inputs], int(model.config.vocab_size),
-                             int(model.config.max_position_embeddings), seed)
+    feeds = reference.family.validation_feeds(reference.inputs, reference.model_meta, seed)
     with TorchSession(reference, model=model) as ref, open_session(candidate, backend="onnxruntime") as cand:
         return compare(ref, cand, feeds, tolerance_for(precision))
 

@@ -6,7 +6,6 @@ import shutil
 import time
 from pathlib import Path
 
-from calibration.readers import validation_feeds
 from exporter.compare import compare, tolerance_for
 from exporter.onnx_export import fuse_graph
 from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet
@@ -26,8 +25,7 @@ def optimize(artifact: Artifact, out: str | Path, force: bool = False, progress:
         progress("fusing with onnxruntime's transformer optimizer")
         fused = fuse_graph(staged / artifact.model_file.name, artifact.meta)
         new = Artifact(staged, "onnx", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage, artifact.meta)
-        feeds = validation_feeds([s.name for s in artifact.inputs], int(artifact.meta.get("vocab_size") or 1000),
-                                 int(artifact.meta.get("max_length", 128)))
+        feeds = artifact.family.validation_feeds(artifact.inputs, artifact.model_meta)
         with open_session(artifact) as ref, open_session(new) as cand:
             cmp = compare(ref, cand, feeds, tolerance_for("fp32"))
         cmp.raise_if_failed("the fused graph")

@@ -230,7 +230,7 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
     if config.kind == "structured" and train is None:
         raise ConfigError("structured pruning scores heads and neurons on data: pass --data train.csv")
     started = time.perf_counter()
-    max_length = config.max_length or int(artifact.meta.get("max_length", 128))
+    max_length = config.max_length or artifact.model_meta.max_length
     with atomic_output(out, force, source=artifact.path) as staged:
         model = load_torch_model(artifact)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(artifact.path))

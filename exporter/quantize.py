@@ -13,7 +13,6 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from calibration.datasets import LabelledTexts
-from calibration.readers import validation_feeds
 from exporter.compare import compare, tolerance_for
 from exporter.onnx_export import fuse_graph
 from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet, temp_files_in
@@ -197,12 +196,12 @@ GUARD_BATCH_SIZES = {"dynamic-int8": (1, 64)}
 
 def accuracy_of(artifact: Artifact, data: LabelledTexts, batch_sizes: tuple[int, ...] = (64,)) -> float:
     """Task accuracy; with several batch sizes, the lowest."""
-    from benchmarks.accuracy import measure_accuracy
-    from runtime.pipeline import TextClassifier
+    from runtime.pipeline import pipeline_for
+    from runtime.tasks.metrics import measure_accuracy
 
     accuracies = []
     for batch_size in batch_sizes:
-        with TextClassifier(artifact, batch_size=batch_size) as clf:
+        with pipeline_for(artifact, batch_size=batch_size) as clf:
             accuracies.append(float(measure_accuracy(clf, data)["accuracy"]))
     return min(accuracies)
 
@@ -273,8 +272,7 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         model = staged / "model.onnx"
         meta = {**artifact.meta, "model_file": "model.onnx", "precision": config.precision, "method": config.method}
         q_art = Artifact(staged, "onnx", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage, meta)
-        val_feeds = validation_feeds([s.name for s in artifact.inputs], int(artifact.meta.get("vocab_size") or 1000),
-                                     int(artifact.meta.get("max_length", 128)), config.seed)
+        val_feeds = artifact.family.validation_feeds(artifact.inputs, artifact.model_meta, config.seed)
         progress(f"quantizing: {config.method}" + (f" ({config.calibrator} calibration, {len(calib)} batches)" if calib else ""))
         run_method(pre, model, config, [], calib, cache)
         metrics: dict[str, Any] = {"fused_ops": fused}

@@ -12,11 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.accuracy import classification_metrics
 from calibration.datasets import LabelledTexts
 from exporter.stage import Progress, quiet
 from runtime.errors import ConfigError
-from runtime.pipeline import pad_rows
+from runtime.tasks.meta import ModelMeta
+from runtime.tasks.metrics import classification_metrics
+from runtime.tasks.text import FAMILY as TEXT
+from runtime.tasks.text import tokenize_for_training
 
 MEGABATCH = 50  # batches per length-sorted group: little padding, still a shuffled order
 
@@ -26,6 +28,7 @@ class Encoded:
     ids: list[list[int]]
     types: list[list[int]]
     labels: list[int]
+    pad_id: int = 0  # the tokenizer's padding id (RoBERTa's is 1)
 
 
 @dataclass
@@ -38,9 +41,8 @@ class TrainResult:
 
 
 def encode(tokenizer: Any, data: LabelledTexts, max_length: int) -> Encoded:
-    enc = tokenizer(list(data.texts), truncation=True, max_length=max_length)
-    types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
-    return Encoded(enc["input_ids"], types, list(data.labels))
+    ids, types = tokenize_for_training(tokenizer, data.texts, max_length)
+    return Encoded(ids, types, list(data.labels), int(getattr(tokenizer, "pad_token_id", None) or 0))
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -58,8 +60,8 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
 def collate(enc: Encoded, idx: Sequence[int], input_names: Sequence[str], device: str = "cpu") -> dict[str, Any]:
     import torch
 
-    feed = pad_rows([(enc.ids[i], enc.types[i]) for i in idx], max(len(enc.ids[i]) for i in idx))
-    return {k: torch.from_numpy(feed[k]).to(device) for k in input_names}
+    feed = TEXT.collate([(enc.ids[i], enc.types[i]) for i in idx], input_names, ModelMeta(pad_token_id=enc.pad_id))
+    return {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
 
 
 def predict_logits(model: Any, enc: Encoded, input_names: Sequence[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:

@@ -125,11 +125,11 @@ def test_real_accuracy_guard_passes_with_generous_budget(trained_onnx, tmp_path)
 
 
 def test_guard_accuracy_is_the_worst_over_batch_sizes(trained_onnx, monkeypatch):
-    import benchmarks.accuracy
     import exporter.quantize as qz
+    import runtime.tasks.metrics
 
     art, dev = trained_onnx
-    monkeypatch.setattr(benchmarks.accuracy, "measure_accuracy",
+    monkeypatch.setattr(runtime.tasks.metrics, "measure_accuracy",
                         lambda clf, data: {"accuracy": {1: 0.91, 64: 0.87}[clf.batch_size]})
     assert qz.accuracy_of(art, dev, (1, 64)) == 0.87 and qz.accuracy_of(art, dev, (1,)) == 0.91
 

@@ -10,8 +10,22 @@ import json
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def example_feed(sess: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """The family's seeded example feed for a bare ONNX model's inputs (ids below 30000 for text)."""
+    from runtime.artifact import TensorSpec
+    from runtime.tasks import family_for_inputs
+    from runtime.tasks.meta import ModelMeta
+
+    specs = [TensorSpec(i.name, i.type.removeprefix("tensor(").removesuffix(")"), tuple(i.shape)) for i in sess.get_inputs()]
+    family = family_for_inputs([s.name for s in specs])
+    if family is None:
+        raise SystemExit(f"no task family takes inputs {[s.name for s in specs]}")
+    return family.example_feed(specs, ModelMeta(vocab_size=30000), batch, seq, seed=0)
 
 
 def profile(model: Path, batch: int, seq: int, runs: int) -> dict[str, float]:
@@ -21,10 +35,7 @@ def profile(model: Path, batch: int, seq: int, runs: int) -> dict[str, float]:
     so.enable_profiling = True
     so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "prof")
     sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 30000, size=(batch, seq), dtype=np.int64)
-    full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    feed = {i.name: full[i.name] for i in sess.get_inputs()}
+    feed = example_feed(sess, batch, seq)
     for _ in range(runs):
         sess.run(None, feed)
     trace = json.loads(Path(sess.end_profiling()).read_text())

@@ -11,7 +11,8 @@ import numpy as np
 from runtime.artifact import MANIFEST, Artifact, digest_of, hash_files
 from runtime.errors import BackendError, ConfigError
 from runtime.session import Session
-from runtime.tasks import task_info
+from runtime.tasks import family_for_model_type, task_info
+from runtime.tasks.text import capture_safe_mask  # noqa: F401  (its home before the task families)
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -109,33 +110,10 @@ def load_checkpoint_model(auto: Any, model_dir: Path, trust_pickle: bool) -> Any
     return model
 
 
-def capture_safe_mask(mask: Any, dtype: Any, model_type: str) -> Any:
-    """A 2-D 0/1 attention mask in the form whose handling in transformers reads no tensor value on the host.
-
-    Given a 2-D mask, transformers asks `mask.all()` (can the mask be skipped?), a host sync that CUDA graph
-    capture refuses (and whose answer a graph would bake in for every replay). transformers 5 takes a 4-D
-    additive mask as it is; 4.x BERT/RoBERTa turn a 3-D one into the additive form with tensor arithmetic,
-    and 4.x DistilBERT has no such form."""
-    import torch
-    import transformers
-
-    batch, seq = mask.shape
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-        return additive.expand(batch, 1, seq, seq)
-    if model_type == "distilbert":
-        raise BackendError(f"CUDA graphs for distilbert need transformers >= 5 (this is {transformers.__version__}); "
-                           "upgrade transformers, or run without cuda_graphs")
-    return mask[:, None, :].expand(batch, seq, seq)
-
-
 def graphable_forward(model: Any, inputs: dict[str, Any]) -> Any:
-    """The model's forward with no host syncs (what a CUDA graph captures): the mask built on device."""
-    if "attention_mask" in inputs:
-        dtype = next(model.parameters()).dtype
-        mask = capture_safe_mask(inputs["attention_mask"], dtype, getattr(model.config, "model_type", ""))
-        inputs = {**inputs, "attention_mask": mask}
-    return model(**inputs)
+    """The model's forward with no host syncs (what a CUDA graph captures): the family rewrites its inputs."""
+    family = family_for_model_type(getattr(model.config, "model_type", ""))
+    return model(**(family.graph_safe_inputs(model, inputs) if family is not None else inputs))
 
 
 class TorchSession(Session):

@@ -129,9 +129,36 @@ class Family(ABC):
         info = self.tasks[task]
         return (TensorSpec(info.output, "float32", tuple(sizes.get(a) or a for a in info.output_axes)),)
 
+    def graph_safe_inputs(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        """torch tensors for `model` in a form whose forward reads no tensor value on the host (so a CUDA
+        graph can capture it); the default leaves them as they are."""
+        return inputs
+
+    def serves_inputs(self, names: Sequence[str]) -> bool:
+        """Whether a graph taking these inputs is one of this family's (for readers given only specs)."""
+        return False
+
     def fusion_type(self, model_type: str) -> str | None:
         """onnxruntime's transformer-optimizer model type for graph fusion; None: this type is not fused."""
         return self.model_types.get(model_type)
+
+
+def read_json(path: Path, expect: type = dict) -> Any:
+    """A JSON file of a checkpoint, refused as a SourceError naming the file when it is not `expect`."""
+    import json
+
+    from runtime.errors import SourceError
+
+    try:
+        d = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(d, expect):
+        raise SourceError(f"{path} holds a JSON {type(d).__name__}; expected a JSON "
+                          f"{'object' if expect is dict else 'array'}")
+    return d
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -158,6 +185,14 @@ def family_for(task: str) -> Family:
     raise ConfigError(f"unknown task {task!r}; valid: {', '.join(all_tasks())}")
 
 
+def family_for_inputs(names: Sequence[str]) -> Family | None:
+    """The family whose models take inputs with these names, if one does."""
+    for fam in families().values():
+        if fam.serves_inputs(names):
+            return fam
+    return None
+
+
 def family_for_model_type(model_type: str) -> Family | None:
     for fam in families().values():
         if model_type in fam.model_types:
@@ -177,4 +212,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["Family", "TaskInfo", "Prediction", "softmax", "predictions", "ModelMeta", "DEFAULT_MAX_LENGTH", "FAMILY_MODULES", "Feed", "families",
-           "family_for", "family_for_model_type", "task_info", "all_tasks", "classification_metrics"]
+           "family_for", "family_for_model_type", "family_for_inputs", "task_info", "all_tasks", "classification_metrics", "read_json"]

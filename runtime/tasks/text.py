@@ -5,14 +5,13 @@ The only module that knows text models take input_ids / attention_mask / token_t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from runtime.errors import ArtifactError, BackendError, InputError, SourceError
-from runtime.tasks import Family, Feed, TaskInfo, predictions
+from runtime.tasks import Family, Feed, TaskInfo, predictions, read_json
 from runtime.tasks.meta import ModelMeta
 
 if TYPE_CHECKING:
@@ -86,20 +85,35 @@ def load_tokenizer(artifact: Artifact) -> Any:
     path = artifact.path / meta.tokenizer
     if not path.is_file():
         raise ArtifactError(f"artifact {artifact.path} has no tokenizer ({path.name}); re-export it with `kiln export`")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for any parse error
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"artifact {artifact.path}: {path.name} is not a valid tokenizers file ({reason}); "
+                            "re-export it with `kiln export`") from None
     tok.no_padding()  # padding is done per batch, to the batch's own length
     tok.enable_truncation(meta.max_length)
     return tok
 
 
-def check_texts(texts: Sequence[Any]) -> list[str]:
-    """A list of strings, or an InputError saying which item is not one."""
-    if isinstance(texts, str):
-        raise InputError("texts must be a list of strings, got a single string; wrap it in a list")
-    texts = list(texts)
+def check_texts(texts: Iterable[Any]) -> list[str]:
+    """Any iterable of strings as a list (read once: a generator is materialized, not consumed twice),
+    or an InputError saying which item is not a valid string."""
+    if isinstance(texts, (str, bytes)):
+        what = "string" if isinstance(texts, str) else "bytes object (decode it first)"
+        raise InputError(f"texts must be a list of strings, got a single {what}; wrap it in a list")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise InputError(f"texts must be a list (or any iterable) of strings, got {type(texts).__name__}") from None
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputError(f"texts[{i}] is {type(t).__name__}; every input must be a string")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:  # tokenizers only says "TextEncodeInput must be Union[...]"
+            raise InputError(f"texts[{i}] holds {t[e.start]!r} at position {e.start}, half of a UTF-16 surrogate "
+                             "pair, which is not a character; every input must be valid Unicode") from None
     return texts
 
 
@@ -154,13 +168,15 @@ def checkpoint_text_meta(model_dir: Path, config: Mapping[str, Any], task: str) 
     limits = [int(config.get("max_position_embeddings", 512))]
     tok_cfg = model_dir / "tokenizer_config.json"
     if tok_cfg.is_file():
-        with open(tok_cfg) as f:
-            mml = json.load(f).get("model_max_length")
-        if isinstance(mml, int) and mml < 1_000_000:  # transformers writes 1e30 for "no limit"
+        mml = read_json(tok_cfg).get("model_max_length")
+        if isinstance(mml, int) and 0 < mml < 1_000_000:  # transformers writes 1e30 for "no limit"
             limits.append(mml)
     st_cfg = model_dir / "sentence_bert_config.json"
     if st_cfg.is_file():
-        limits.append(int(json.loads(st_cfg.read_text()).get("max_seq_length", limits[0])))
+        msl = read_json(st_cfg).get("max_seq_length", limits[0])
+        if not isinstance(msl, int) or isinstance(msl, bool) or msl < 1:
+            raise SourceError(f"{st_cfg}: max_seq_length must be a positive integer, got {msl!r}")
+        limits.append(msl)
     meta: dict[str, Any] = {"model_type": config["model_type"], "max_length": min(limits),
                             "pad_token_id": int(config.get("pad_token_id") or 0),
                             "vocab_size": int(config.get("vocab_size", 0)),
@@ -172,13 +188,21 @@ def checkpoint_text_meta(model_dir: Path, config: Mapping[str, Any], task: str) 
     if task == "feature-extraction":
         pooling, normalize = "mean", False
         pool_cfg = model_dir / "1_Pooling" / "config.json"
-        if pool_cfg.is_file() and json.loads(pool_cfg.read_text()).get("pooling_mode_cls_token"):
+        if pool_cfg.is_file() and read_json(pool_cfg).get("pooling_mode_cls_token"):
             pooling = "cls"
         modules = model_dir / "modules.json"
         if modules.is_file():
-            normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+            normalize = any("Normalize" in str(m.get("type", "")) if isinstance(m, dict) else False
+                            for m in read_json(modules, list))
         meta.update(pooling=pooling, normalize=normalize)
     return meta
+
+
+def tokenize_for_training(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(token ids, type ids) per text with a transformers tokenizer (what training batches are collated from)."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
+    return enc["input_ids"], types
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, meta: ModelMeta) -> np.ndarray:
@@ -192,6 +216,26 @@ def pool(hidden: np.ndarray, mask: np.ndarray, meta: ModelMeta) -> np.ndarray:
     if meta.normalize:
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return emb
+
+
+def capture_safe_mask(mask: Any, dtype: Any, model_type: str) -> Any:
+    """A 2-D 0/1 attention mask in the form whose handling in transformers reads no tensor value on the host.
+
+    Given a 2-D mask, transformers asks `mask.all()` (can the mask be skipped?), a host sync that CUDA graph
+    capture refuses (and whose answer a graph would bake in for every replay). transformers 5 takes a 4-D
+    additive mask as it is; 4.x BERT/RoBERTa turn a 3-D one into the additive form with tensor arithmetic,
+    and 4.x DistilBERT has no such form."""
+    import torch
+    import transformers
+
+    batch, seq = mask.shape
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        return additive.expand(batch, 1, seq, seq)
+    if model_type == "distilbert":
+        raise BackendError(f"CUDA graphs for distilbert need transformers >= 5 (this is {transformers.__version__}); "
+                           "upgrade transformers, or run without cuda_graphs")
+    return mask[:, None, :].expand(batch, seq, seq)
 
 
 class TextFamily(Family):
@@ -265,6 +309,16 @@ class TextFamily(Family):
         if task == "feature-extraction":
             return list(pool(out, mask, meta))
         return [row[m.astype(bool)] for row, m in zip(out, mask)]
+
+    def graph_safe_inputs(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The attention mask in the form transformers handles without reading it on the host."""
+        if MASK not in inputs:
+            return inputs
+        dtype = next(model.parameters()).dtype
+        return {**inputs, MASK: capture_safe_mask(inputs[MASK], dtype, getattr(model.config, "model_type", ""))}
+
+    def serves_inputs(self, names: Sequence[str]) -> bool:
+        return bool(names) and set(names) <= {n for v in INPUT_NAMES.values() for n in v}
 
     def mask(self, feed: Feed) -> np.ndarray | None:
         """Which positions are real tokens (1) and which padding (0), when the model takes a mask."""
