@@ -143,6 +143,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
     from benchmarks.environment import capture_environment
     from benchmarks.latency import example_feed, measure_interleaved, measure_latency
     from benchmarks.report import table
+    from runtime.backends.options import torch_only
     from runtime.session import open_session
 
     sizes = int_list(batch_sizes, "--batch-sizes")
@@ -154,11 +155,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's maximum length {max_len}")
     options = {"threads": threads} if threads else {}
     names = [b.strip() for b in backend.split(",") if b.strip()]
-    torch_options = {k: v for k, v in (("dtype", dtype), ("cuda_graphs", cuda_graphs)) if v}
-    if torch_options and "torch" not in names:
-        raise ConfigError("--dtype and --cuda-graphs apply to the torch backend; add torch to --backend")
-    if cuda_graphs and device != "cuda":
-        raise ConfigError("--cuda-graphs needs --device cuda")
+    torch_options = torch_only(names, device, dtype, cuda_graphs)
     with contextlib.ExitStack() as stack:
         sessions = [stack.enter_context(open_session(art, backend=n, device=device,
                                                      **options, **(torch_options if n == "torch" else {})))

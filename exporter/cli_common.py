@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from runtime.artifact import Artifact
-from runtime.backends.torch_backend import DTYPES
+from runtime.backends.options import TORCH_DTYPES
 from runtime.errors import KilnError
 
 
@@ -62,7 +62,7 @@ force_option = click.option("--force", is_flag=True, help="Replace a non-empty o
 backend_option = click.option("--backend", default="auto", show_default=True,
                               help="auto, onnxruntime or torch (comma-separated for bench).")
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-dtype_option = click.option("--dtype", type=click.Choice(DTYPES), default=None,
+dtype_option = click.option("--dtype", type=click.Choice(TORCH_DTYPES), default=None,
                             help="torch backend: weights and compute precision (default float32).")
 cuda_graphs_option = click.option("--cuda-graphs", is_flag=True,
                                   help="torch backend on cuda: capture one CUDA graph per input shape, then replay it.")

@@ -51,13 +51,13 @@ class Pipeline:
             raise ConfigError(f"call_overhead_tokens must be >= 0 (inf: never split), got {call_overhead_tokens}")
         self.batch_size = batch_size
         self.call_overhead_tokens = call_overhead_tokens
-        # few distinct input shapes (GRAPH_PAD_MULTIPLE); by default when CUDA graphs are on
-        self.shape_buckets = (bool(options.get("cuda_graphs")) and device == "cuda") if shape_buckets is None \
-            else shape_buckets
-        self.pad_multiple = GRAPH_PAD_MULTIPLE if self.shape_buckets else PAD_MULTIPLE
         self.meta = self.artifact.model_meta
         self.tokenizer = load_tokenizer(self.artifact)
         self.session = session or open_session(self.artifact, backend=backend, device=device, **options).open()
+        # few distinct input shapes (GRAPH_PAD_MULTIPLE); by default when CUDA graphs are on
+        graphs = bool(getattr(self.session.options, "cuda_graphs", False)) and self.session.device == "cuda"
+        self.shape_buckets = graphs if shape_buckets is None else shape_buckets
+        self.pad_multiple = GRAPH_PAD_MULTIPLE if self.shape_buckets else PAD_MULTIPLE
         self._input_names = [s.name for s in self.session.inputs]
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.artifact import Artifact
+from runtime.backends.options import torch_only
 from runtime.batching import Batcher, BatcherClosed, RequestTimeout
 from runtime.errors import BackendError, ConfigError, InputError, KilnError, OverloadError
 from runtime.pipeline import TextClassifier
@@ -83,10 +84,7 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.max_delay_ms >= 0:
             raise ConfigError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
-        if (self.dtype or self.cuda_graphs) and self.backend != "torch":
-            raise ConfigError("dtype and cuda_graphs are options of the torch backend; add --backend torch")
-        if self.cuda_graphs and self.device != "cuda":
-            raise ConfigError("cuda_graphs needs --device cuda")
+        torch_only([self.backend], self.device, self.dtype, self.cuda_graphs)
         if self.api_key and (len(self.api_key) < MIN_API_KEY_CHARS or any(c.isspace() for c in self.api_key)):
             raise ConfigError(f"the API key must be at least {MIN_API_KEY_CHARS} characters with no whitespace, "
                               f"got {len(self.api_key)} characters")

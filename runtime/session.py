@@ -30,12 +30,15 @@ class Session:
 
     backend = "base"
 
-    def __init__(self, artifact: Artifact, device: str = "cpu", **options: Any) -> None:
+    def __init__(self, artifact: Artifact, device: str = "cpu", options: Any = None, **values: Any) -> None:
+        from runtime.backends.options import options_for
+
         if device not in DEVICES:
             raise ConfigError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
         self.artifact = artifact
         self.device = device
-        self.options = options
+        # the backend's options dataclass (runtime/backends/options.py): an unknown key is refused here
+        self.options = options_for(self.backend, options, **values)
         self.inputs: tuple[TensorSpec, ...] = artifact.inputs
         self.outputs: tuple[TensorSpec, ...] = artifact.outputs
         self._opened = False
@@ -149,8 +152,11 @@ def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray],
 
 
 def open_session(artifact: Artifact | str | Path, backend: str = "auto", device: str = "cpu",
-                 **options: Any) -> Session:
-    """Pick the backend for the artifact's format (or the one asked for) and construct its Session."""
+                 options: Any = None, **values: Any) -> Session:
+    """Pick the backend for the artifact's format (or the one asked for) and construct its Session.
+
+    options: the backend's options dataclass (OnnxRuntimeOptions, TorchOptions) or a dict; keyword
+    values are added to it. Either way an unknown key is a ConfigError naming the valid ones."""
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
     name = AUTO_BACKEND.get(art.format, "") if backend == "auto" else backend
     if name not in BACKENDS:
@@ -165,4 +171,4 @@ def open_session(artifact: Artifact | str | Path, backend: str = "auto", device:
         if e.name != module:
             raise
         raise BackendError(f"the {name} backend is not part of this Kiln version; use --backend onnxruntime") from None
-    return getattr(backend_module, cls)(art, device=device, **options)
+    return getattr(backend_module, cls)(art, device=device, options=options, **values)

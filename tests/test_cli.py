@@ -90,8 +90,8 @@ def test_doctor(tmp_path):
     (["predict", "{art}", "x", "--device", "cuda"], "cuda requested"),
     (["bench", "{art}", "--batch-sizes", "1,zero"], "--batch-sizes must be comma-separated positive integers"),
     (["bench", "{art}", "--seq-len", "4096"], "exceeds the model's maximum length"),
-    (["bench", "{art}", "--dtype", "float16"], "--dtype and --cuda-graphs apply to the torch backend"),
-    (["bench", "{art}", "--backend", "torch", "--cuda-graphs"], "--cuda-graphs needs --device cuda"),
+    (["bench", "{art}", "--dtype", "float16"], "dtype and cuda_graphs are options of the torch backend; add --backend torch"),
+    (["bench", "{art}", "--backend", "torch", "--cuda-graphs"], "cuda_graphs needs --device cuda"),
     (["frobnicate"], "No such command 'frobnicate'"),
 ])
 def test_bad_input_is_one_line(args, match, tmp_path, model_copy, tiny_onnx):

@@ -27,8 +27,7 @@ def import_onnxruntime() -> Any:
 
 
 class OnnxRuntimeSession(Session):
-    """Options: threads (intra-op, 0 = onnxruntime's choice), provider ("tensorrt" on cuda),
-    spinning (False: idle worker threads sleep instead of spinning, leaving the CPU to a server's Python threads)."""
+    """Options: runtime.backends.options.OnnxRuntimeOptions (threads, spinning, provider)."""
 
     backend = "onnxruntime"
 
@@ -45,7 +44,7 @@ class OnnxRuntimeSession(Session):
 
     def _open(self) -> None:
         ort = import_onnxruntime()
-        key = "tensorrt" if self.options.get("provider") == "tensorrt" else self.device
+        key = "tensorrt" if self.options.provider == "tensorrt" else self.device
         wanted = PROVIDERS[key]
         available = ort.get_available_providers()
         if wanted[0] not in available:
@@ -54,9 +53,9 @@ class OnnxRuntimeSession(Session):
                 "install onnxruntime-gpu with pip install 'modelkiln[gpu]' (never beside plain onnxruntime), "
                 "or use --device cpu")
         so = ort.SessionOptions()
-        so.intra_op_num_threads = int(self.options.get("threads", 0))
+        so.intra_op_num_threads = self.options.threads
         so.log_severity_level = 3
-        if not self.options.get("spinning", True):
+        if not self.options.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._sess = ort.InferenceSession(str(self.artifact.model_file), so, providers=wanted)

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 
 from runtime.artifact import MANIFEST, Artifact, digest_of, hash_files
-from runtime.errors import BackendError, ConfigError
+from runtime.backends.options import TORCH_DTYPES
+from runtime.errors import BackendError
 from runtime.session import Session
 from runtime.tasks import family_for_model_type, task_info
 from runtime.tasks.text import capture_safe_mask  # noqa: F401  (its home before the task families)
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = TORCH_DTYPES  # the one list (runtime/backends/options.py)
 
 
 def import_torch() -> Any:
@@ -117,10 +118,8 @@ def graphable_forward(model: Any, inputs: dict[str, Any]) -> Any:
 
 
 class TorchSession(Session):
-    """Options: dtype (float32|float16|bfloat16), threads, model (an already-loaded nn.Module to wrap),
-    trust_pickle (allow a checkpoint whose only weights are a pickled pytorch_model.bin),
-    cuda_graphs (on cuda: capture one CUDA graph per input shape into pre-allocated buffers, then replay;
-    at most max_graphs shapes, after which new shapes run eagerly)."""
+    """Options: runtime.backends.options.TorchOptions (dtype, threads, cuda_graphs, max_graphs, model,
+    trust_pickle)."""
 
     backend = "torch"
 
@@ -128,29 +127,24 @@ class TorchSession(Session):
         torch = import_torch()
         import transformers
 
-        dtype = self.options.get("dtype", "float32")
-        if dtype not in DTYPES:
-            raise ConfigError(f"unknown torch dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        dtype = self.options.dtype
         if self.device == "cuda" and not torch.cuda.is_available():
             raise BackendError("cuda requested but torch.cuda.is_available() is False "
                                f"(torch {torch.__version__}); use --device cpu")
-        if self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
         self._torch = torch
         self._graphs: dict[Any, Any] = {}  # input shapes -> (CUDA graph, static inputs, static outputs)
-        self._model = self.options.get("model")
+        self._model = self.options.model
         if self._model is None:
             transformers.utils.logging.disable_progress_bar()
             auto = getattr(transformers, task_info(self.artifact.task).auto_class)
-            trust_pickle = self.options.get("trust_pickle", False)
-            if not isinstance(trust_pickle, bool):
-                raise ConfigError(f"trust_pickle must be True or False, got {trust_pickle!r}")
-            self._model = load_checkpoint_model(auto, model_dir_for(self.artifact), trust_pickle).eval()
+            self._model = load_checkpoint_model(auto, model_dir_for(self.artifact), self.options.trust_pickle).eval()
         self._model.to(device=self.device, dtype=getattr(torch, dtype))
 
     def describe(self) -> str:
-        graphs = " + CUDA graphs" if self.device == "cuda" and self.options.get("cuda_graphs") else ""
-        return f"torch {self.options.get('dtype', 'float32')} on {self.device}{graphs}"
+        graphs = " + CUDA graphs" if self.device == "cuda" and self.options.cuda_graphs else ""
+        return f"torch {self.options.dtype} on {self.device}{graphs}"
 
     def _close(self) -> None:
         self._model = None
@@ -160,7 +154,7 @@ class TorchSession(Session):
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
-        if self.device == "cuda" and self.options.get("cuda_graphs"):
+        if self.device == "cuda" and self.options.cuda_graphs:
             graphed = self._run_graph(feed)
             if graphed is not None:
                 return graphed
@@ -175,7 +169,7 @@ class TorchSession(Session):
         graphs = self._graphs
         key = tuple((k, v.shape) for k, v in sorted(feed.items()))
         if key not in graphs:
-            if len(graphs) >= int(self.options.get("max_graphs", 32)):
+            if len(graphs) >= self.options.max_graphs:
                 return None
             static_in = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
             side = torch.cuda.Stream()

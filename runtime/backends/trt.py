@@ -189,10 +189,9 @@ class TensorRTSession(Session):
 
     backend = "tensorrt"
 
-    def __init__(self, artifact: Any, device: str = "cuda", **options: Any) -> None:
-        super().__init__(artifact, device=device, **options)
-        if options:
-            raise ConfigError(f"the tensorrt backend takes no options, got {sorted(options)}")
+    def __init__(self, artifact: Any, device: str = "cuda", options: Any = None, **values: Any) -> None:
+        # Session refuses any option for a backend without an options class (runtime/backends/options.py)
+        super().__init__(artifact, device=device, options=options, **values)
 
     def check(self) -> dict[str, Any]:
         """Everything that must hold before deserializing: the record, the file, TensorRT and the GPU."""

@@ -1,0 +1,103 @@
+"""Each backend's options as a small frozen dataclass, validated once; an unknown key is an error.
+
+(onnxruntime's own string-keyed options are the counter-example: a typo is silently ignored.)
+Imports nothing heavy: the CLI and ServeConfig validate against these before any backend loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Sequence
+
+from runtime.errors import ConfigError
+
+TORCH_DTYPES = ("float32", "float16", "bfloat16")
+ORT_PROVIDERS = ("", "tensorrt")  # "": the device's own (CPU, or CUDA on cuda); "tensorrt": the TensorRT EP
+
+
+def _whole(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    threads: int = 0  # intra-op threads; 0: onnxruntime's choice
+    # False: idle worker threads sleep instead of spinning, leaving the CPU to a server's Python threads
+    spinning: bool = True
+    provider: str = ""  # "tensorrt": the TensorRT execution provider (device cuda)
+
+    def __post_init__(self) -> None:
+        _whole("threads", self.threads, 0)
+        _flag("spinning", self.spinning)
+        if self.provider not in ORT_PROVIDERS:
+            raise ConfigError(f"unknown onnxruntime provider {self.provider!r}; valid: tensorrt (or none)")
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    dtype: str = "float32"  # weights and compute precision
+    threads: int = 0  # torch.set_num_threads; 0: torch's default
+    # on cuda: capture one CUDA graph per input shape into pre-allocated buffers, then replay (ignored on cpu)
+    cuda_graphs: bool = False
+    max_graphs: int = 32  # shapes beyond this many run eagerly
+    model: Any = None  # an already-loaded nn.Module to wrap (the exporter's in-memory reference)
+    trust_pickle: bool = False  # allow a checkpoint whose only weights are a pickled pytorch_model.bin
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TORCH_DTYPES:
+            raise ConfigError(f"unknown torch dtype {self.dtype!r}; valid: {', '.join(TORCH_DTYPES)}")
+        _whole("threads", self.threads, 0)
+        _flag("cuda_graphs", self.cuda_graphs)
+        _whole("max_graphs", self.max_graphs, 1)
+        if not isinstance(self.trust_pickle, bool):
+            raise ConfigError(f"trust_pickle must be True or False, got {self.trust_pickle!r}")
+
+
+OPTIONS: dict[str, type] = {"onnxruntime": OnnxRuntimeOptions, "torch": TorchOptions}
+
+
+def valid_keys(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def options_for(backend: str, options: Any = None, **values: Any) -> Any:
+    """`backend`'s options from its dataclass, a dict, keyword values, or a mix (keywords win);
+    an unknown key is a ConfigError naming the valid ones (and the backend that takes it, if one does)."""
+    cls = OPTIONS.get(backend)
+    if cls is None:
+        if options or values:
+            given = sorted({**options, **values}) if isinstance(options, Mapping) else [type(options).__name__]
+            raise ConfigError(f"the {backend} backend takes no options, got {given}")
+        return None
+    if isinstance(options, cls):
+        base, extra = options, values
+    elif options is None or isinstance(options, Mapping):
+        base, extra = cls(), {**(options or {}), **values}
+    else:
+        raise ConfigError(f"options for the {backend} backend must be {cls.__name__} or a dict, "
+                          f"got {type(options).__name__}")
+    unknown = sorted(set(extra) - set(valid_keys(cls)))
+    if unknown:
+        elsewhere = [f"{k} is an option of the {name} backend" for k in unknown
+                     for name, other in OPTIONS.items() if other is not cls and k in valid_keys(other)]
+        raise ConfigError(f"unknown {backend} option(s) {', '.join(unknown)}; valid: {', '.join(valid_keys(cls))}"
+                          + (f" ({'; '.join(elsewhere)})" if elsewhere else ""))
+    return replace(base, **extra) if extra else base
+
+
+def torch_only(backends: Sequence[str], device: str, dtype: str | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
+    """The CLI's --dtype / --cuda-graphs (and kiln serve's): checked once, the same way for every command.
+    Returns the torch options that were given."""
+    given: dict[str, Any] = {k: v for k, v in (("dtype", dtype), ("cuda_graphs", cuda_graphs)) if v}
+    if given and "torch" not in backends:
+        raise ConfigError("dtype and cuda_graphs are options of the torch backend; add --backend torch")
+    if cuda_graphs and device != "cuda":
+        raise ConfigError("cuda_graphs needs --device cuda")
+    TorchOptions(**given)  # validates the values
+    return given
