@@ -170,7 +170,7 @@ def load_torch_model(artifact: Artifact, attn_implementation: str | None = None,
         kwargs["attn_implementation"] = attn_implementation
     if num_labels is not None:
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-    weights = artifact.path / artifact.meta.get("weights_file", "model.safetensors")
+    weights = artifact.path / artifact.model_meta.weights_file
     try:
         if weights.name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
             from runtime.backends.torch_structure import from_pretrained_any

@@ -162,3 +162,13 @@ def test_options_dataclass_or_dict_reach_the_session(tiny_onnx):
         assert s.run(TEXT.example_feed(s.inputs, tiny_onnx.model_meta, 2, 8))["logits"].shape == (2, 2)
     assert open_session(tiny_onnx, options={"threads": 2}, spinning=False).options == \
         OnnxRuntimeOptions(threads=2, spinning=False)
+
+
+def test_families_load_without_heavy_imports():
+    import subprocess
+    import sys
+
+    code = ("import sys, runtime.tasks as t, runtime.backends.options; t.families(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'tokenizers', 'onnxruntime', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

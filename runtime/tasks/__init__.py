@@ -25,6 +25,14 @@ Contract a family implements (numpy only at import; torch, tokenizers, Pillow in
   result per row (a Prediction, an embedding vector).
 - `metric(pred, gold, n_labels)`: the accuracy metric that counts for the family's tasks (a dict with
   at least "accuracy"); classification families use `classification_metrics`.
+
+Optional overrides (defaults given): `output_specs(task, sizes)` (from `tasks`), `fusion_type(model_type)`
+(from `model_types`), `serves_inputs(names)` (False; lets readers given only specs find the family),
+`graph_safe_inputs(model, inputs)` (identity; torch inputs a CUDA graph can capture).
+
+Shared pieces: `ModelMeta` (artifact.model_meta; a family's own manifest keys live in `meta.extra`),
+`Prediction` / `predictions(logits, labels)` for classifiers, `runtime.tasks.metrics.measure_accuracy`
+(labelled data exposes `inputs`, `labels`, `label_names`, `source`, `sha256`).
 """
 
 from __future__ import annotations
