@@ -89,7 +89,7 @@ def resolve_profiles(artifact: Artifact, config: BuildConfig) -> dict[str, Profi
     unknown = sorted(set(shapes) - set(names))
     if unknown:
         raise ConfigError(f"--shapes names unknown input(s) {unknown}; the model's inputs are {names}")
-    max_len = int(artifact.meta.get("max_length", SEQUENCE_CAP))
+    max_len = artifact.model_meta.max_length
     seq_max = min(max_len, SEQUENCE_CAP)
     axes: dict[str, tuple[int, int, int]] = {}
     for dim in {d for s in artifact.inputs for d in s.shape if isinstance(d, str)}:

@@ -72,7 +72,8 @@ def options_for(backend: str, options: Any = None, **values: Any) -> Any:
     cls = OPTIONS.get(backend)
     if cls is None:
         if options or values:
-            given = sorted({**options, **values}) if isinstance(options, Mapping) else [type(options).__name__]
+            given = sorted({**(options or {}), **values}) if options is None or isinstance(options, Mapping) \
+                else [type(options).__name__]
             raise ConfigError(f"the {backend} backend takes no options, got {given}")
         return None
     if isinstance(options, cls):
