@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from runtime.artifact import Artifact, TensorSpec
-from runtime.errors import BackendError, ConfigError, InputError
+from runtime.errors import BackendError, ConfigError, InputError, KilnError
 
 DEVICES = ("cpu", "cuda")
 
@@ -42,6 +42,7 @@ class Session:
         self.inputs: tuple[TensorSpec, ...] = artifact.inputs
         self.outputs: tuple[TensorSpec, ...] = artifact.outputs
         self._opened = False
+        self._limits: dict[str, int] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> Session:
@@ -65,7 +66,9 @@ class Session:
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._opened:
             raise BackendError(f"{self.backend} session is not open; use `with open_session(...) as s:` or s.open()")
-        return self._run(validate_feed(self.inputs, feed, index_limits(self.artifact)))
+        if self._limits is None:  # once per session: the artifact does not change
+            self._limits = index_limits(self.artifact)
+        return self._run(validate_feed(self.inputs, feed, self._limits))
 
     def describe(self) -> str:
         return f"{self.backend} on {self.device}"
@@ -81,20 +84,18 @@ class Session:
         raise NotImplementedError
 
 
-# Inputs whose values index a table inside the model, and the manifest meta key that holds the
-# table's size. onnxruntime's Gather wraps a negative index around (-1 reads the last row), so an
-# out-of-range id would be an answer, not an error.
-INDEX_INPUTS = {"input_ids": "vocab_size"}
-
-
 def index_limits(artifact: Artifact) -> dict[str, int]:
-    """input name -> exclusive upper bound of its values, for the index inputs the artifact knows a size for."""
-    limits = {}
-    for name, key in INDEX_INPUTS.items():
-        size = artifact.meta.get(key)
-        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-            limits[name] = size
-    return limits
+    """input name -> exclusive upper bound of its values, for the inputs that index a table inside the
+    model (token ids: the vocabulary), as the artifact's family says. onnxruntime's Gather wraps a
+    negative index around (-1 reads the last row), so an out-of-range id would be an answer, not an error."""
+    from runtime.tasks import family_for
+
+    try:
+        family = family_for(artifact.task)
+        meta = artifact.model_meta
+    except KilnError:  # no family knows the task, or the meta is malformed: no limits to check here
+        return {}
+    return family.index_limits(artifact.inputs, meta)
 
 
 def check_values(name: str, value: np.ndarray, limit: int | None) -> None:

@@ -142,6 +142,11 @@ class Family(ABC):
         graph can capture it); the default leaves them as they are."""
         return inputs
 
+    def index_limits(self, inputs: Sequence[TensorSpec], meta: ModelMeta) -> dict[str, int]:
+        """input name -> exclusive upper bound of its values, for inputs that index a table inside the
+        model (sessions refuse values outside it); the default: none."""
+        return {}
+
     def serves_inputs(self, names: Sequence[str]) -> bool:
         """Whether a graph taking these inputs is one of this family's (for readers given only specs)."""
         return False

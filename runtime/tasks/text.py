@@ -317,6 +317,11 @@ class TextFamily(Family):
         dtype = next(model.parameters()).dtype
         return {**inputs, MASK: capture_safe_mask(inputs[MASK], dtype, getattr(model.config, "model_type", ""))}
 
+    def index_limits(self, inputs: Sequence[TensorSpec], meta: ModelMeta) -> dict[str, int]:
+        """Token ids index the embedding table: below vocab_size, where the manifest records it."""
+        names = {s.name for s in inputs}
+        return {"input_ids": meta.vocab_size} if meta.vocab_size > 0 and "input_ids" in names else {}
+
     def serves_inputs(self, names: Sequence[str]) -> bool:
         return bool(names) and set(names) <= {n for v in INPUT_NAMES.values() for n in v}
 
