@@ -55,7 +55,9 @@ class Pipeline:
         self.tokenizer = load_tokenizer(self.artifact)
         self.session = session or open_session(self.artifact, backend=backend, device=device, **options).open()
         # few distinct input shapes (GRAPH_PAD_MULTIPLE); by default when CUDA graphs are on
-        graphs = bool(getattr(self.session.options, "cuda_graphs", False)) and self.session.device == "cuda"
+        # (getattr: a caller's own Session-like object may have no options)
+        graphs = bool(getattr(getattr(self.session, "options", None), "cuda_graphs", False)) \
+            and getattr(self.session, "device", device) == "cuda"
         self.shape_buckets = graphs if shape_buckets is None else shape_buckets
         self.pad_multiple = GRAPH_PAD_MULTIPLE if self.shape_buckets else PAD_MULTIPLE
         self._input_names = [s.name for s in self.session.inputs]

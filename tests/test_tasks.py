@@ -146,7 +146,7 @@ def test_options_dataclasses_validate_once():
 
     with pytest.raises(ConfigError, match="unknown torch dtype 'half'; valid: float32, float16, bfloat16"):
         TorchOptions(dtype="half")
-    with pytest.raises(ConfigError, match="threads must be a whole number >= 0, got -1"):
+    with pytest.raises(ConfigError, match="threads must be an integer >= 0, got -1"):
         OnnxRuntimeOptions(threads=-1)
     with pytest.raises(ConfigError, match="must be OnnxRuntimeOptions or a dict, got TorchOptions"):
         from runtime.backends.options import options_for

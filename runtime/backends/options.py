@@ -12,17 +12,17 @@ from typing import Any, Mapping, Sequence
 from runtime.errors import ConfigError
 
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
-ORT_PROVIDERS = ("", "tensorrt")  # "": the device's own (CPU, or CUDA on cuda); "tensorrt": the TensorRT EP
+ORT_PROVIDERS = (None, "tensorrt")  # None: the device's own (CPU, or CUDA on cuda); "tensorrt": the TensorRT EP
 
 
 def _whole(name: str, value: Any, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,13 @@ class OnnxRuntimeOptions:
     threads: int = 0  # intra-op threads; 0: onnxruntime's choice
     # False: idle worker threads sleep instead of spinning, leaving the CPU to a server's Python threads
     spinning: bool = True
-    provider: str = ""  # "tensorrt": the TensorRT execution provider (device cuda)
+    provider: str | None = None  # "tensorrt": the TensorRT execution provider (device cuda); None: the device's own
 
     def __post_init__(self) -> None:
         _whole("threads", self.threads, 0)
         _flag("spinning", self.spinning)
         if self.provider not in ORT_PROVIDERS:
-            raise ConfigError(f"unknown onnxruntime provider {self.provider!r}; valid: tensorrt (or none)")
+            raise ConfigError(f"provider must be 'tensorrt' (on cuda) or unset, got {self.provider!r}")
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,7 @@ class TorchOptions:
         _whole("threads", self.threads, 0)
         _flag("cuda_graphs", self.cuda_graphs)
         _whole("max_graphs", self.max_graphs, 1)
-        if not isinstance(self.trust_pickle, bool):
-            raise ConfigError(f"trust_pickle must be True or False, got {self.trust_pickle!r}")
+        _flag("trust_pickle", self.trust_pickle)
 
 
 OPTIONS: dict[str, type] = {"onnxruntime": OnnxRuntimeOptions, "torch": TorchOptions}

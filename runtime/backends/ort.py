@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import BackendError, ConfigError, InputError
+from runtime.errors import BackendError, InputError
 from runtime.session import Session
 
 PROVIDERS = {
@@ -30,17 +30,6 @@ class OnnxRuntimeSession(Session):
     """Options: runtime.backends.options.OnnxRuntimeOptions (threads, spinning, provider)."""
 
     backend = "onnxruntime"
-
-    def __init__(self, artifact: Any, device: str = "cpu", **options: Any) -> None:
-        super().__init__(artifact, device, **options)
-        # types of the options this backend reads, checked once here instead of failing in _open
-        threads = options.get("threads", 0)
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-            raise ConfigError(f"threads must be an integer >= 0 (0: onnxruntime's choice), got {threads!r}")
-        if options.get("provider") not in (None, "tensorrt"):
-            raise ConfigError(f"provider must be 'tensorrt' (on cuda) or unset, got {options['provider']!r}")
-        if not isinstance(options.get("spinning", True), bool):
-            raise ConfigError(f"spinning must be True or False, got {options['spinning']!r}")
 
     def _open(self) -> None:
         ort = import_onnxruntime()
