@@ -43,12 +43,14 @@ def data_dir() -> Path:
 
 def resolve(source: str | Path) -> tuple[Path, list[str] | None]:
     """A path, or NAME:SPLIT for a named dataset (built into the cache on first use)."""
-    from calibration.movie_snippets import NAMED
+    from calibration.amazon_snippets import NAMED as AMAZON
+    from calibration.movie_snippets import NAMED as MOVIES
 
+    named = {**MOVIES, **AMAZON}
     s = str(source)
     name, _, split = s.partition(":")
-    if name in NAMED and not Path(s).exists():
-        builder, splits, names = NAMED[name]
+    if name in named and not Path(s).exists():
+        builder, splits, names = named[name]
         if split not in splits:
             raise DataError(f"dataset {name!r} has splits {', '.join(splits)}; got {split or 'none'!r} "
                             f"(write it as {name}:{splits[0]})")

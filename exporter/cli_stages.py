@@ -115,7 +115,8 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
 
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--method", default="dynamic-int8", show_default=True, help="dynamic-int8, static-int8 or fp16.")
+@click.option("--method", default="dynamic-int8", show_default=True,
+              help="dynamic-int8, static-int8, fp16, or nncf-int8 (TensorRT-ready QDQ; needs the nncf extra).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
 @click.option("--optimize/--no-optimize", default=True, show_default=True, help="Quantize the fused graph.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True)
@@ -134,13 +135,21 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
 @click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points; needs --eval-data.")
 @click.option("--eval-data", help="Labelled data for the accuracy guard (e.g. movie-snippets:dev).")
 @click.option("--report", is_flag=True, help="Per-node sensitivity analysis (output error when only it is quantized).")
+@click.option("--preset", default="performance", show_default=True,
+              help="nncf-int8: performance (symmetric, TensorRT-parsable) or mixed (asymmetric, not TensorRT-parsable).")
+@click.option("--subset-size", default=300, show_default=True, type=int, help="nncf-int8: calibration items NNCF uses.")
+@click.option("--calib-pad-length", default=64, show_default=True, type=int,
+              help="nncf-int8: pad (or cut) each calibration text to this many tokens; 0 = its own length.")
+@click.option("--smooth-quant-alpha", default=0.95, show_default=True, type=float,
+              help="nncf-int8: SmoothQuant strength for MatMuls, in [0, 1]; -1 = off.")
 @with_options(data_options)
 @force_option
 @json_option
 def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel: bool, reduce_range: bool,
              calib_data: str | None, calib_samples: int, calib_cache: Path | None, calibrator: str, percentile: float,
              op_types: str, exclude_op_types: str, exclude_nodes: str, activation_type: str, weight_type: str,
-             max_accuracy_drop: float | None, eval_data: str | None, report: bool, text_column: str, label_column: str,
+             max_accuracy_drop: float | None, eval_data: str | None, report: bool, preset: str, subset_size: int,
+             calib_pad_length: int, smooth_quant_alpha: float, text_column: str, label_column: str,
              force: bool, as_json: bool) -> None:
     """Quantize an ONNX artifact (int8 dynamic/static, fp16), validated and optionally accuracy-guarded."""
     from calibration.datasets import load_labelled, load_texts
@@ -156,13 +165,18 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
                          op_types=names(op_types), exclude_op_types=names(exclude_op_types),
                          exclude_nodes=names(exclude_nodes), activation_type=activation_type, weight_type=weight_type,
                          max_accuracy_drop=max_accuracy_drop)
+    if method == "nncf-int8":
+        config = nncf_config(calib_data, preset, subset_size, calib_pad_length, smooth_quant_alpha, max_accuracy_drop)
     check_output(out.absolute(), force)
     art = Artifact.load(artifact)
     calibration = None
     if calib_data:
         texts = load_texts(calib_data, text_column)
-        # percentile/entropy need one shape for every batch
-        calibration = art.family.calibration_feeds(art, texts, calib_samples, fixed_shape=calibrator != "minmax")
+        if method == "nncf-int8":  # one text per calibration item, padded to the configured length (0: its own)
+            calibration = art.family.calibration_feeds(art, texts, calib_samples, batch_size=1,
+                                                       pad_to=calib_pad_length or None)
+        else:  # percentile/entropy need one shape for every batch
+            calibration = art.family.calibration_feeds(art, texts, calib_samples, fixed_shape=calibrator != "minmax")
     names_map = [art.labels[i] for i in sorted(art.labels)] if art.labels else None
     evaluation = load_labelled(eval_data, text_column, label_column, names_map) if eval_data else None
     q = run_quantize(art, config, out, calibration=calibration, eval_data=evaluation, calib_cache=calib_cache,
@@ -173,10 +187,31 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
         g = m["accuracy_guard"]
         lines.append(f"accuracy  {g['accuracy_fp32']:.4f} fp32 -> {g['accuracy']:.4f} (drop {g['drop_points']:.2f} points, "
                      f"budget {g['budget_points']}); kept in fp32: {g['kept_fp32'] or 'none'}")
+    if "qdq" in m:
+        lines.append(f"QDQ       {m['qdq']['quantize_linear']} QuantizeLinear nodes; " + (
+            "symmetric (zero points 0): TensorRT can parse it" if m["qdq"]["tensorrt_parsable"]
+            else f"{m['qdq']['nonzero_zero_points']} non-zero zero points: TensorRT's parser rejects it"))
     if report and "sensitivity" in m:
         lines.append("sensitivity (output error 1 - cosine when only this node is quantized), worst first:")
         lines += [f"  {r['error']:.2e}  {r['node']}" for r in m["sensitivity"][:15]]
     emit(q.to_manifest() | {"path": str(q.path)}, as_json, lambda: "\n".join(lines))
+
+
+def nncf_config(calib_data: str | None, preset: str, subset_size: int, calib_pad_length: int, smooth_quant_alpha: float,
+                max_accuracy_drop: float | None) -> Any:
+    """The nncf-int8 config, with the calibration file's name and sha256 for the lineage."""
+    import hashlib
+
+    from calibration.datasets import resolve
+    from exporter.quantize_nncf import NncfConfig
+
+    digest = ""
+    if calib_data:
+        path, _ = resolve(calib_data)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    return NncfConfig(preset=preset, subset_size=subset_size, calib_pad_length=calib_pad_length,
+                      smooth_quant_alpha=smooth_quant_alpha, max_accuracy_drop=max_accuracy_drop,
+                      calib_data=calib_data or "", calib_data_sha256=digest)
 
 
 @click.command()

@@ -20,7 +20,7 @@ from runtime.artifact import Artifact
 from runtime.errors import ConfigError, InputError, ValidationError
 from runtime.session import open_session, validate_feed
 
-METHODS = ("dynamic-int8", "static-int8", "fp16")
+METHODS = ("dynamic-int8", "static-int8", "fp16", "nncf-int8")  # nncf-int8: exporter/quantize_nncf.py
 CALIBRATORS = ("minmax", "percentile", "entropy")
 QUANT_TYPES = ("int8", "uint8")
 # ops whose presence means a graph was already quantized (or converted to fp16 by Kiln)
@@ -253,6 +253,10 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
                           "quantize the fp32 artifact it was made from")
     if config.max_accuracy_drop is not None and eval_data is None:
         raise ConfigError("--max-accuracy-drop needs --eval-data (labelled texts to measure accuracy on)")
+    if config.method == "nncf-int8":  # QuantConfig or an exporter.quantize_nncf.NncfConfig
+        from exporter.quantize_nncf import quantize_nncf
+
+        return quantize_nncf(artifact, config, out, calibration, eval_data, force, progress)
     if config.method == "static-int8" and calibration is None and calib_cache is None:
         raise ConfigError("static-int8 needs calibration data (--calib-data) or a range cache (--calib-cache)")
     calib = None

@@ -286,14 +286,18 @@ class TextFamily(Family):
         return {k: feed[k] for k in input_names}
 
     def calibration_feeds(self, artifact: Artifact, raw: Sequence[Any], n: int, fixed_shape: bool = False,
-                          batch_size: int = 8, seed: int = 0) -> list[Feed]:
-        """n texts stratified by token length, tokenized; fixed_shape pads every batch to the longest chosen."""
+                          batch_size: int = 8, seed: int = 0, pad_to: int | None = None) -> list[Feed]:
+        """n texts stratified by token length, tokenized; fixed_shape pads every batch to the longest chosen,
+        pad_to to that many tokens (within max_length)."""
         meta = ModelMeta.from_dict(artifact.meta)
         tok = load_tokenizer(artifact)
         texts = check_texts(raw)
         lengths = [len(e.ids) for e in tok.encode_batch(texts)]
         chosen = sample_by_length(texts, lengths, n, seed)
-        pad_to = min(max(lengths), meta.max_length) if fixed_shape and lengths else None
+        if pad_to is not None:
+            pad_to = min(pad_to, meta.max_length)
+        elif fixed_shape and lengths:
+            pad_to = min(max(lengths), meta.max_length)
         return list(from_texts(tok, chosen, meta.max_length, [s.name for s in artifact.inputs], batch_size,
                                pad_to, meta.pad_token_id))
 

@@ -1,0 +1,227 @@
+"""nncf-int8: NNCF post-training quantization of a standard ONNX graph into QDQ that TensorRT parses.
+
+Why NNCF (benchmarks/results/int8-tensorrt.md has the numbers): its transformer model type applies
+SmoothQuant, which moves activation outliers into the weights; that is what keeps BERT-style activations
+quantizable (MiniLM token cosine 0.975 without it, 0.996 with it). The PERFORMANCE preset makes
+activations symmetric (zero points 0), which TensorRT's parser requires; the MIXED preset (asymmetric
+activations) is slightly more accurate on paper but TensorRT rejects it ("Non-zero zero point is not
+supported"), so it is for onnxruntime/OpenVINO only. Scales are fixed at calibration, so a sentence
+gets the same answer alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from itertools import islice
+from typing import Any, Iterable
+
+import numpy as np
+
+from calibration.datasets import LabelledTexts
+from calibration.readers import unpadded
+from exporter.compare import compare, tolerance_for
+from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet
+from runtime.artifact import Artifact
+from runtime.errors import BackendError, ConfigError, ValidationError
+from runtime.session import open_session
+
+INSTALL_HINT = "pip install 'modelkiln[nncf]'"
+PRESETS = ("performance", "mixed")  # performance: symmetric activations (TensorRT); mixed: asymmetric
+MODEL_TYPES = ("transformer", "generic")  # transformer: SmoothQuant + transformer-aware ignored patterns
+TENSORRT_PRESETS = ("performance",)
+
+
+@dataclass(frozen=True)
+class NncfConfig:
+    method: str = "nncf-int8"
+    preset: str = "performance"
+    model_type: str = "transformer"
+    subset_size: int = 300  # calibration items NNCF draws (all of them when there are fewer)
+    # calibration texts are padded to this many tokens (0: each its own length); applied where texts become
+    # feeds (the CLI), recorded here; 64 was measured (benchmarks/results/int8-tensorrt.md)
+    calib_pad_length: int = 64
+    smooth_quant_alpha: float = 0.95  # NNCF's transformer default for MatMul; -1 switches SmoothQuant off
+    fast_bias_correction: bool = True
+    max_accuracy_drop: float | None = None  # points
+    validate: bool = True
+    calib_data: str = ""  # where the calibration texts came from (provenance, set by the CLI)
+    calib_data_sha256: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method != "nncf-int8":
+            raise ConfigError(f"NncfConfig is for method 'nncf-int8', got {self.method!r}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)} "
+                              "(performance: symmetric, TensorRT-parsable; mixed: asymmetric activations, not TensorRT-parsable)")
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(f"unknown model type {self.model_type!r}; valid: {', '.join(MODEL_TYPES)}")
+        if self.subset_size < 1:
+            raise ConfigError(f"subset_size must be >= 1, got {self.subset_size}")
+        if self.calib_pad_length < 0:
+            raise ConfigError(f"calib_pad_length must be >= 0 tokens (0 = no padding), got {self.calib_pad_length}")
+        if not (self.smooth_quant_alpha == -1 or 0 <= self.smooth_quant_alpha <= 1):
+            raise ConfigError(f"smooth_quant_alpha must be in [0, 1] or -1 (off), got {self.smooth_quant_alpha}")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise ConfigError(f"max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
+
+    @property
+    def precision(self) -> str:
+        return "int8"
+
+    @property
+    def tensorrt_parsable(self) -> bool:
+        return self.preset in TENSORRT_PRESETS
+
+
+def from_quant_config(config: Any) -> NncfConfig:
+    """A QuantConfig(method='nncf-int8') carries only the shared fields; NNCF's own take their defaults."""
+    if isinstance(config, NncfConfig):
+        return config
+    return NncfConfig(max_accuracy_drop=config.max_accuracy_drop, validate=config.validate, seed=config.seed)
+
+
+def import_nncf() -> Any:
+    # NNCF sends usage telemetry by default unless one of its own variables is set; a build tool should
+    # not phone home, so it is switched off here (NNCF_CI only switches telemetry off, nothing else)
+    os.environ.setdefault("NNCF_CI", "1")
+    try:
+        import nncf
+    except ImportError:
+        raise ConfigError(f"--method nncf-int8 needs NNCF; {INSTALL_HINT}, or use --method static-int8") from None
+    return nncf
+
+
+def feeds_sha256(feeds: list[dict[str, np.ndarray]]) -> str:
+    """Digest of exactly what was calibrated on (names, shapes, dtypes and values of every feed)."""
+    h = hashlib.sha256()
+    for feed in feeds:
+        for name in sorted(feed):
+            a = np.ascontiguousarray(feed[name])
+            h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def qdq_summary(model: Any) -> dict[str, Any]:
+    """What TensorRT's parser checks: zero points of every Q/DQ node (must be 0) and int32 DequantizeLinear."""
+    from onnx import numpy_helper
+
+    consts = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = n.attribute[0].t
+    quantize = dequantize = nonzero = int32 = 0
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        quantize += n.op_type == "QuantizeLinear"
+        dequantize += n.op_type == "DequantizeLinear"
+        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is not None:
+            z = numpy_helper.to_array(zp)
+            nonzero += int(np.any(z != 0))
+        if n.op_type == "DequantizeLinear" and n.input[0] in consts:
+            int32 += numpy_helper.to_array(consts[n.input[0]]).dtype == np.int32
+    return {"quantize_linear": quantize, "dequantize_linear": dequantize, "nonzero_zero_points": nonzero,
+            "int32_dequantize": int32, "symmetric": nonzero == 0,
+            "tensorrt_parsable": nonzero == 0 and int32 == 0 and quantize > 0}
+
+
+def check_standard_graph(model: Any, path: Path) -> None:
+    custom = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if custom:
+        raise ConfigError(f"{path} has onnxruntime-only fused ops ({', '.join(custom)}); nncf-int8 quantizes a "
+                          "standard ONNX graph that TensorRT can parse: quantize the unfused `kiln export` output")
+
+
+def run_nncf(model: Any, feeds: list[dict[str, np.ndarray]], config: NncfConfig) -> Any:
+    nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[config.preset]
+    model_type = nncf.ModelType.TRANSFORMER if config.model_type == "transformer" else None
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha))
+    try:
+        # NNCF draws its progress bars on stdout; they go to stderr so `kiln quantize --json` stdout stays JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            return nncf.quantize(model, nncf.Dataset(feeds), preset=preset, model_type=model_type,
+                                 subset_size=min(config.subset_size, len(feeds)),
+                                 fast_bias_correction=config.fast_bias_correction, advanced_parameters=advanced)
+    except Exception as e:  # NNCF's own failures (unsupported graph, ...) become one line, cause chained
+        raise BackendError(f"NNCF could not quantize the model: {type(e).__name__}: {e}") from e
+
+
+def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration: Iterable[dict[str, np.ndarray]] | None,
+                  eval_data: LabelledTexts | None = None, force: bool = False, progress: Progress = quiet) -> Artifact:
+    """NNCF post-training int8 (QDQ) of an fp32 ONNX artifact; validated against it; optional accuracy guard."""
+    import onnx
+
+    from exporter.quantize import GuardResult, accuracy_of, check_calibration
+
+    config = from_quant_config(config)
+    if calibration is None:
+        raise ConfigError("nncf-int8 needs calibration data (--calib-data: texts like the ones the model will see)")
+    if config.max_accuracy_drop is not None and eval_data is None:
+        raise ConfigError("--max-accuracy-drop needs --eval-data (labelled texts to measure accuracy on)")
+    feeds = check_calibration(artifact, calibration, fixed_shape=False)
+    import_nncf()  # a missing NNCF is reported before any work
+    model = onnx.load(str(artifact.model_file))
+    check_standard_graph(model, artifact.model_file)
+    started = time.perf_counter()
+    with atomic_output(out, force) as staged:
+        copy_sidecars(artifact, staged)
+        used = min(config.subset_size, len(feeds))
+        progress(f"quantizing: nncf-int8 ({config.preset} preset, {config.model_type}, SmoothQuant alpha "
+                 f"{config.smooth_quant_alpha}, {used} of {len(feeds)} calibration items)")
+        if not config.tensorrt_parsable:
+            progress(f"preset {config.preset!r}: asymmetric activations; TensorRT's parser rejects non-zero zero points, "
+                     "so this file is for onnxruntime / OpenVINO")
+        q = run_nncf(model, feeds, config)
+        onnx.save(q, str(staged / "model.onnx"))
+        qdq = qdq_summary(q)
+        meta = {**artifact.meta, "model_file": "model.onnx", "precision": "int8", "method": config.method,
+                # fixed activation scales: a sentence gets the same answer alone or in any batch
+                "answers_depend_on_batching": False}
+        q_art = Artifact(staged, "onnx", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage, meta)
+        nncf = import_nncf()
+        metrics: dict[str, Any] = {
+            "nncf_version": nncf.__version__, "qdq": qdq,
+            "calibration": {"items": len(feeds), "used": used, "feeds_sha256": feeds_sha256(feeds),
+                            "sequence_lengths": sorted({int(next(iter(f.values())).shape[-1]) for f in feeds}),
+                            "data": config.calib_data, "data_sha256": config.calib_data_sha256}}
+        if config.max_accuracy_drop is not None:
+            assert eval_data is not None
+            guard = GuardResult(accuracy_of(artifact, eval_data), accuracy_of(q_art, eval_data))
+            guard.iterations.append({"excluded": 0, "accuracy": guard.accuracy, "drop_points": guard.drop_points})
+            progress(f"accuracy fp32 {guard.accuracy_fp32:.4f}, nncf-int8 {guard.accuracy:.4f} "
+                     f"(drop {guard.drop_points:.2f} points, budget {config.max_accuracy_drop})")
+            metrics["accuracy_guard"] = {"accuracy_fp32": guard.accuracy_fp32, "accuracy": guard.accuracy,
+                                         "drop_points": guard.drop_points, "budget_points": config.max_accuracy_drop,
+                                         "kept_fp32": [], "iterations": guard.iterations,
+                                         "data": eval_data.source, "data_sha256": eval_data.sha256, "batch_sizes": [64]}
+            if guard.drop_points > config.max_accuracy_drop:
+                # NNCF's scales are global, so there is no per-node fallback here (static-int8's guard has one)
+                raise ValidationError(
+                    f"accuracy budget not met: nncf-int8 lost {guard.drop_points:.2f} points "
+                    f"({guard.accuracy_fp32:.4f} -> {guard.accuracy:.4f}); budget {config.max_accuracy_drop} points. "
+                    "Calibrate on texts closer to the evaluation data, raise --subset-size, or raise --max-accuracy-drop")
+        # real calibration texts (random tokens sit at the decision boundary), padding cut off: outputs at
+        # padding positions mean nothing, and int8 moves them far more than real tokens' (see unpadded)
+        check = list(islice(unpadded(feeds), 16))
+        progress(f"validating against the fp32 model on {len(check)} calibration texts, padding removed (int8 tolerances)")
+        with open_session(artifact) as ref, open_session(q_art) as cand:
+            cmp = compare(ref, cand, check, tolerance_for("int8"))
+        metrics["validation"] = cmp.metrics() | {"feeds": "calibration, unpadded", "enforced": config.validate}
+        if config.validate:
+            cmp.raise_if_failed("the nncf-int8 model")
+        metrics["size_mb"] = {"fp32": round(artifact.model_file.stat().st_size / 1e6, 2),
+                              "quantized": round((staged / "model.onnx").stat().st_size / 1e6, 2)}
+        return finish(staged, out, q_art, artifact, "quantize", asdict(config), started, metrics)
