@@ -326,6 +326,24 @@ def test_minilm_fp16_engine(minilm_onnx, tmp_path):
     assert rec["profiles"][0]["attention_mask"]["max"] == [32, 256]
 
 
+@pytest.mark.tensorrt
+@pytest.mark.integration
+def test_minilm_nncf_int8_engine(minilm_onnx, tmp_path):
+    """The TensorRT-ready int8 recipe on the real MiniLM: nncf-int8 QDQ (real sentences as calibration), then
+    an int8 engine whose manifest is complete."""
+    pytest.importorskip("nncf")
+    from tests.conftest import dev_sentences
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(dev_sentences(64)) + "\n")
+    res = run("quantize", minilm_onnx.path, "--method", "nncf-int8", "--calib-data", calib, "--calib-samples", "64",
+              "--subset-size", "64", "-o", tmp_path / "qdq")
+    assert res.exit_code == 0, res.output
+    engine, _ = build(Artifact.load(tmp_path / "qdq"), tmp_path, "eng", "--precision", "int8",
+                      "--shapes", "input_ids:1x8,8x64,32x128")
+    assert_complete(engine, Artifact.load(tmp_path / "qdq"), "int8")
+
+
 # -- on a GPU with TensorRT -----------------------------------------------------------------------------
 
 @pytest.mark.gpu
