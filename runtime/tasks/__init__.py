@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from runtime.artifact import Artifact, TensorSpec
 
 # One module per family, imported on first lookup. Adding a family = a module here + its tests.
-FAMILY_MODULES: tuple[str, ...] = ("runtime.tasks.text",)
+FAMILY_MODULES: tuple[str, ...] = ("runtime.tasks.text", "runtime.tasks.vision")
 
 Feed = dict[str, np.ndarray]
 
