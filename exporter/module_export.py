@@ -21,31 +21,26 @@ from exporter.onnx_export import EXPORTER_DYNAMO, OnnxConfig
 from exporter.stage import Progress, atomic_output, quiet
 from runtime.artifact import Artifact, Step, TensorSpec, digest_of, hash_files, library_versions
 from runtime.errors import ConfigError, ValidationError
-from runtime.session import Session, open_session
+from runtime.session import open_session
 from runtime.tasks.vision import INPUT, ImagePreprocessing, random_pixels
 
 TASK = "image-classification"
 
 
-class ModuleSession(Session):
-    """The reference side of compare(): an in-memory module called positionally, its output named `logits`."""
+def as_named_output(module: Any) -> Any:
+    """Wrap `module` so the torch backend can call it like a transformers model: keyword input, named output."""
+    import torch
 
-    backend = "torch-module"
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
 
-    def _open(self) -> None:
-        import torch
+        def forward(self, pixel_values: Any) -> dict[str, Any]:
+            out = self.module(pixel_values)
+            return {"logits": out[0] if isinstance(out, (tuple, list)) else out}
 
-        self._torch = torch
-        self._module = self.options["module"]
-
-    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._torch.inference_mode():
-            out = self._module(self._torch.from_numpy(feed[INPUT]))
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        if not hasattr(out, "detach"):  # a Hugging Face ModelOutput
-            out = out["logits"]
-        return {"logits": out.detach().float().cpu().numpy()}
+    return Named().eval()
 
 
 def module_artifact(path: Path, prep: ImagePreprocessing, labels: Sequence[str], module: Any) -> Artifact:
@@ -63,6 +58,8 @@ def to_onnx_module(module: Any, example: Any, preprocessing: ImagePreprocessing,
     """Export `module` (called as module(pixel_values) -> logits [batch, len(labels)]) and validate it."""
     import onnx
     import torch
+
+    from runtime.backends.torch_backend import TorchSession
 
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"to_onnx_module takes a torch.nn.Module, got {type(module).__name__}")
@@ -104,7 +101,7 @@ def to_onnx_module(module: Any, example: Any, preprocessing: ImagePreprocessing,
                 progress("validating onnxruntime against the module on seeded feeds")
                 rng = np.random.default_rng(config.seed)
                 feeds = [{INPUT: random_pixels(art.inputs[0], b, rng)} for b in (1, 4, 8)]
-                with ModuleSession(art, module=module) as ref, open_session(art, backend="onnxruntime") as cand:
+                with TorchSession(art, model=as_named_output(module)) as ref, open_session(art, backend="onnxruntime") as cand:
                     cmp = compare(ref, cand, feeds, tolerance_for("fp32"))
                 metrics["validation"] = cmp.metrics()
                 cmp.raise_if_failed("the exported ONNX model")

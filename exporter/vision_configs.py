@@ -9,9 +9,9 @@ from typing import Any
 MNIST_PREPROCESSING = {"size": [28, 28], "channels": 1, "scale": 1 / 255, "mean": [0.1307], "std": [0.3081]}
 
 VISION_CONFIGS: dict[str, dict[str, Any]] = {
-    # 7x7 patches of 4x4 pixels, 4 layers of width 64: ~0.2M parameters
+    # 4x4 patches of 7x7 pixels, 4 layers of width 64: ~0.14M parameters (patch 4 trained slower: 0.90 dev after 15 epochs)
     "vit-tiny-mnist": {
-        "config": {"model_type": "vit", "image_size": 28, "patch_size": 4, "num_channels": 1, "hidden_size": 64,
+        "config": {"model_type": "vit", "image_size": 28, "patch_size": 7, "num_channels": 1, "hidden_size": 64,
                    "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128,
                    "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
         "preprocessing": MNIST_PREPROCESSING,

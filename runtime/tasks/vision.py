@@ -32,6 +32,8 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 RESAMPLE = ("nearest", "bilinear", "bicubic")
 # Pillow's resample codes, as Hugging Face image processors record them (`resample: 2`)
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+# patch-embedding models whose position embeddings fix the image size (CNNs take any size)
+FIXED_SIZE = ("vit", "deit")
 VALIDATION_BATCHES = (1, 4, 8)  # several batch sizes: an export with a frozen batch axis fails one of them
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -316,17 +318,30 @@ class VisionFamily(Family):
     tasks = {"image-classification": TaskInfo("AutoModelForImageClassification", "logits", ("batch", "num_labels"))}
     # Hugging Face model types tested by export in tests/test_vision*.py; None: no onnxruntime graph fusion
     # (convolutions need none, and the unfused ViT graph is what static QDQ quantizes best: every MatMul)
-    model_types = {"vit": None, "deit": None, "resnet": None, "convnext": None, "mobilenet_v2": None}
+    # "torch-module": an nn.Module exported with exporter.module_export.to_onnx_module
+    model_types = {"vit": None, "deit": None, "resnet": None, "convnext": None, "mobilenet_v2": None,
+                   "torch-module": None}
+
+    def serves_inputs(self, names: Sequence[str]) -> bool:
+        return list(names) == [INPUT]
+
+    def quantize_op_types(self, method: str) -> tuple[str, ...]:
+        """Static int8 (QDQ, per-channel weights) quantizes convolutions and linear layers; dynamic int8
+        only the linear layers (MatMul/Gemm: ViT's), since activations' ranges per batch do not pay on convs."""
+        return ("Conv", "MatMul", "Gemm") if method == "static-int8" else ("MatMul", "Gemm")
+
+    def pipeline_class(self, task: str) -> type | None:
+        return ImageClassifier
 
     def input_specs(self, model_type: str, config: Mapping[str, Any]) -> tuple[TensorSpec, ...]:
         """pixel_values float32 [batch, channels, height, width]; height/width are fixed where the config
         fixes them (ViT's image_size) and symbolic for CNNs, whose preprocessing then sets them."""
         from runtime.artifact import TensorSpec
 
-        if model_type not in self.model_types:
-            raise SourceError(f"unsupported image model_type {model_type!r}; Kiln exports {', '.join(self.model_types)}")
+        if model_type not in self.model_types or model_type == "torch-module":
+            raise SourceError(f"unsupported image model_type {model_type!r}; Kiln exports {', '.join(t for t in self.model_types if t != 'torch-module')}")
         channels = int(config.get("num_channels", 3))
-        size = config.get("image_size")
+        size = config.get("image_size") if model_type in FIXED_SIZE else None  # CNN configs' image_size is unused
         hw: tuple[Any, Any] = ("height", "width")
         if isinstance(size, int):
             hw = (size, size)
@@ -336,7 +351,7 @@ class VisionFamily(Family):
 
     def checkpoint_meta(self, model_dir: Path, config: Mapping[str, Any], task: str) -> dict[str, Any]:
         prep = hf_preprocessing(model_dir, config)
-        size = config.get("image_size")
+        size = config.get("image_size") if config.get("model_type") in FIXED_SIZE else None
         if isinstance(size, int) and prep.size != (size, size):
             raise SourceError(f"{model_dir}: preprocessor_config.json makes {prep.size} images but the model's "
                               f"config.json has image_size {size}")
