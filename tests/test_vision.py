@@ -302,3 +302,62 @@ def test_vision_family_feeds():
     feeds = fam.validation_feeds(specs, meta)
     assert [f["pixel_values"].shape for f in feeds] == [(1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16)]
     assert fam.example_feed(specs, meta, batch=2, seed=1)["pixel_values"].dtype == np.float32
+
+
+# -- kiln serve with images ---------------------------------------------------------------------------
+
+def png_bytes(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def multipart(files: list[bytes], boundary: str = "kilnboundary") -> tuple[bytes, str]:
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{i}.png"\r\n'
+             f"Content-Type: image/png\r\n\r\n".encode() + f + b"\r\n" for i, f in enumerate(files)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_serve_int8_cnn_takes_base64_json_and_multipart(cnn_int8):
+    import base64
+
+    pytest.importorskip("PIL")
+    pytest.importorskip("uvicorn")
+    from tests.test_server import ThreadServer, request
+
+    imgs, _ = shapes(6, seed=5)
+    files = [png_bytes(i) for i in imgs]
+    with ImageClassifier(cnn_int8) as clf:
+        expected = [p.label for p in clf.predict(files)]
+    with ThreadServer(cnn_int8.path, max_inputs=4, max_batch_size=4) as s:
+        status, _, raw = request(s.port, "POST", "/v1/predict", {"images": [base64.b64encode(f).decode() for f in files[:4]]})
+        assert status == 200, raw
+        assert [p["label"] for p in json.loads(raw)["predictions"]] == expected[:4]
+        body, ctype = multipart(files[4:])
+        status, _, raw = request(s.port, "POST", "/v1/predict", body, {"Content-Type": ctype})
+        assert status == 200, raw
+        assert [p["label"] for p in json.loads(raw)["predictions"]] == expected[4:]
+        bad = [
+            ({"images": ["%%%"]}, 422, r"images\[0\] is not valid base64"),
+            ({"images": [base64.b64encode(b"garbage").decode()]}, 422, r"images\[0\] \(7 bytes\) is not a decodable image"),
+            ({"inputs": ["the movie was good"]}, 422, "this is an image classifier"),  # an image model given text
+            ({"images": []}, 422, "no images in the request"),
+            ({"images": ["aGk="] * 5}, 413, "5 images in one request; the limit is 4"),
+        ]
+        for payload, code, match in bad:
+            status, _, raw = request(s.port, "POST", "/v1/predict", payload)
+            assert status == code and __import__("re").search(match, json.loads(raw)["error"]), raw
+
+
+def test_serve_text_model_given_an_image(tiny_onnx):
+    pytest.importorskip("uvicorn")
+    from tests.test_server import ThreadServer, request
+
+    with ThreadServer(tiny_onnx.path) as s:
+        status, _, raw = request(s.port, "POST", "/v1/predict", {"images": ["aGk="]})
+        assert status == 422 and "this model classifies text" in json.loads(raw)["error"]
+        body, ctype = multipart([b"\x89PNG"])
+        status, _, raw = request(s.port, "POST", "/v1/predict", body, {"Content-Type": ctype})
+        assert status == 422 and "not images" in json.loads(raw)["error"]

@@ -456,6 +456,10 @@ class ImageClassifier:
     def logits(self, images: Any) -> np.ndarray:
         return self.run_encoded(self.encode(images))
 
+    def example_inputs(self, n: int) -> np.ndarray:
+        """n preprocessed images (zeros: a mid-grey image after normalization is not needed to warm up)."""
+        return np.zeros((n, *self.preprocessing.shape), np.float32)
+
     def warm_up_shapes(self, max_tokens: int = 0) -> int:
         """Nothing to capture: every image has the one preprocessed shape (the server calls this)."""
         return 0
