@@ -109,6 +109,9 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
                          scope=scope, samples=samples, recover_steps=recover_steps, recover_lr=recover_lr,
                          distill=distill, seed=seed)
     check_output(out.absolute(), force)
+    from exporter.cli_vision import refuse_vision_prune
+
+    refuse_vision_prune(artifact)
     source = load_checkpoint(artifact, "text-classification")
     names = [source.labels[i] for i in sorted(source.labels)]
     train = load_labelled(data, text_column, label_column, names) if data else None

@@ -361,3 +361,32 @@ def test_serve_text_model_given_an_image(tiny_onnx):
         body, ctype = multipart([b"\x89PNG"])
         status, _, raw = request(s.port, "POST", "/v1/predict", body, {"Content-Type": ctype})
         assert status == 422 and "not images" in json.loads(raw)["error"]
+
+
+def test_vit_dynamic_int8_and_fp16(tmp_path):
+    import onnx
+
+    from exporter.load import load_checkpoint
+    from exporter.onnx_export import OnnxConfig, to_onnx
+    from exporter.quantize import QuantConfig, quantize
+
+    art = to_onnx(load_checkpoint(build_hf_vision(tmp_path / "vit", "vit"), "image-classification"), OnnxConfig(),
+                  tmp_path / "onnx")
+    dyn = quantize(art, QuantConfig(method="dynamic-int8"), tmp_path / "dyn")
+    ops = {n.op_type for n in onnx.load(str(dyn.model_file)).graph.node}
+    assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}  # the linear layers
+    assert tuple(dyn.lineage[-1].config["op_types"]) == ("MatMul", "Gemm")
+    half = quantize(art, QuantConfig(method="fp16"), tmp_path / "fp16")
+    imgs, _ = shapes(4)
+    with ImageClassifier(art) as a, ImageClassifier(dyn) as b, ImageClassifier(half) as c:
+        ref = a.logits(list(imgs))
+        assert np.abs(b.logits(list(imgs)) - ref).max() < 0.1 and np.abs(c.logits(list(imgs)) - ref).max() < 0.05
+
+
+def test_prune_refuses_image_models_in_one_line(tmp_path):
+    from exporter.load import load_checkpoint
+    from exporter.prune import PruneConfig, prune
+
+    src = load_checkpoint(build_hf_vision(tmp_path / "vit", "vit"), "image-classification")
+    with pytest.raises(TaskError, match="does not prune image models"):
+        prune(src, PruneConfig(heads=0.25), tmp_path / "p")

@@ -62,3 +62,10 @@ def test_finetune_from_packaged_config_and_config_json(shapes_folder, tmp_path):
     assert r.exit_code == 0, r.output
     one_line_error(run("finetune", "vit-tiny-mnist", "--data", shapes_folder, "--lora", "-o", tmp_path / "x"),
                    "--lora apply to text models")
+
+
+def test_prune_on_an_image_model_is_one_line(tmp_path):
+    from tests.test_vision import build_hf_vision
+
+    src = build_hf_vision(tmp_path / "resnet", "resnet")
+    one_line_error(run("prune", src, "--heads", "0.25", "-o", tmp_path / "p"), "does not prune image models")
