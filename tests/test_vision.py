@@ -258,9 +258,13 @@ def build_hf_vision(path, model_type: str):
                                             layer_type="basic", **labels),
         "convnext": transformers.ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1],
                                                 patch_size=2, **labels),
+        "deit": transformers.DeiTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=64, **labels),
         "mobilenet_v2": transformers.MobileNetV2Config(num_channels=3, image_size=16, depth_multiplier=0.25, **labels),
     }
-    model = transformers.AutoModelForImageClassification.from_config(configs[model_type]).eval()
+    config = configs[model_type]
+    config.architectures = [f"{type(config).__name__.removesuffix('Config')}ForImageClassification"]  # DeiT has two heads
+    model = transformers.AutoModelForImageClassification.from_config(config).eval()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
     processor = {"size": {"height": 16, "width": 16}, "do_normalize": True, "image_mean": [0.5] * 3,
@@ -269,7 +273,7 @@ def build_hf_vision(path, model_type: str):
     return path
 
 
-@pytest.mark.parametrize("model_type", ["vit", "resnet", "convnext", "mobilenet_v2"])
+@pytest.mark.parametrize("model_type", ["vit", "deit", "resnet", "convnext", "mobilenet_v2"])
 def test_hf_image_classifiers_export_and_validate(model_type, tmp_path):
     from exporter.load import load_checkpoint
     from exporter.onnx_export import OnnxConfig, to_onnx
