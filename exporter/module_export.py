@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from exporter.compare import compare, tolerance_for
 from exporter.onnx_export import EXPORTER_DYNAMO, OnnxConfig
@@ -22,7 +21,7 @@ from exporter.stage import Progress, atomic_output, quiet
 from runtime.artifact import Artifact, Step, TensorSpec, digest_of, hash_files, library_versions
 from runtime.errors import ConfigError, ValidationError
 from runtime.session import open_session
-from runtime.tasks.vision import INPUT, ImagePreprocessing, random_pixels
+from runtime.tasks.vision import INPUT, ImagePreprocessing
 
 TASK = "image-classification"
 
@@ -99,8 +98,7 @@ def to_onnx_module(module: Any, example: Any, preprocessing: ImagePreprocessing,
             metrics: dict[str, Any] = {}
             if config.validate:
                 progress("validating onnxruntime against the module on seeded feeds")
-                rng = np.random.default_rng(config.seed)
-                feeds = [{INPUT: random_pixels(art.inputs[0], b, rng)} for b in (1, 4, 8)]
+                feeds = art.family.validation_feeds(art.inputs, art.model_meta, config.seed)
                 with TorchSession(art, model=as_named_output(module)) as ref, open_session(art, backend="onnxruntime") as cand:
                     cmp = compare(ref, cand, feeds, tolerance_for("fp32"))
                 metrics["validation"] = cmp.metrics()
