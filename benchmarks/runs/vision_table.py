@@ -4,7 +4,7 @@ latency at batch 1 and 32, fp32 vs int8.
 
     python -m benchmarks.runs.vision_table                 (the full run: ~10 min on 2 cores)
     python -m benchmarks.runs.vision_table --quick         (1 epoch, few calibration images: checks the recipe)
-    python -m benchmarks.runs.vision_table --skip-train    (reuse the models in --work; re-measure)
+    python -m benchmarks.runs.vision_table --skip-train    (reuse the fine-tuned models in --work; re-measure)
 
 Every model is made by the `kiln` commands printed in the results file, run here as subprocesses.
 """
@@ -44,7 +44,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("benchmarks/work/vision"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--quick", action="store_true", help="1 epoch and 32 calibration images: checks the recipe runs")
-    ap.add_argument("--skip-train", action="store_true", help="reuse the fine-tuned and quantized models in --work")
+    ap.add_argument("--skip-train", action="store_true", help="reuse the fine-tuned models in --work (export, quantize "
+                    "and measure again)")
     ap.add_argument("--rounds", type=int, default=10, help="interleaved latency rounds")
     args = ap.parse_args()
     w = args.work
@@ -67,7 +68,7 @@ def main() -> None:
             variants[f"{name} dynamic int8"] = dyn
         for step in steps:
             commands.append("kiln " + " ".join(shlex.quote(a) for a in step))
-            if not args.skip_train:
+            if not (args.skip_train and step[0] == "finetune"):
                 kiln(*step)
     accuracy: dict[str, dict] = {}
     for name, path in variants.items():
