@@ -231,8 +231,6 @@ def test_preprocessing_validation_and_hf_configs():
                                            "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
                                           {"num_channels": 3})
     assert convnext.size == (224, 224) and convnext.resize_shortest == 256
-    x = preprocess_images([np.full((300, 400, 3), 255, np.uint8)], convnext)[0]
-    assert x.shape == (3, 224, 224) and np.allclose(x[0], (1 - 0.485) / 0.229, atol=1e-5)
     gray = ImagePreprocessing(size=(4, 4), channels=1)
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[..., 0] = 255  # pure red -> luma 76 (ITU-R 601-2, as Pillow's convert("L"))
@@ -240,6 +238,9 @@ def test_preprocessing_validation_and_hf_configs():
     assert round(float(preprocess_images([rgb], gray)[0][0, 0, 0]) * 255) == 76
     bgr = ImagePreprocessing(size=(4, 4), channel_order="BGR")
     assert preprocess_images([rgb], bgr)[0][2, 0, 0] == 1.0  # red lands in the last channel
+    pytest.importorskip("PIL")  # resizing needs Pillow; everything above is numpy
+    x = preprocess_images([np.full((300, 400, 3), 255, np.uint8)], convnext)[0]
+    assert x.shape == (3, 224, 224) and np.allclose(x[0], (1 - 0.485) / 0.229, atol=1e-5)
 
 
 # -- Hugging Face image classifiers through kiln export ----------------------------------------------
