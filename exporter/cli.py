@@ -95,11 +95,23 @@ def read_texts(texts: tuple[str, ...], file: Path | None, csv_path: Path | None,
 @json_option
 def predict(artifact: Path, texts: tuple[str, ...], file: Path | None, csv_path: Path | None, column: str,
             batch_size: int, backend: str, device: str, as_json: bool) -> None:
-    """Classify (or embed) texts with an artifact."""
+    """Classify (or embed) texts with an artifact; for an image classifier, image files or folders."""
+    from exporter.cli_vision import image_inputs, refuse_images_for_text
     from runtime.pipeline import Embedder, pipeline_for
 
+    art = Artifact.load(artifact)
+    if art.family.name == "vision":
+        if file or csv_path:
+            raise ConfigError("an image classifier takes image files or folders as arguments, not --file/--csv")
+        paths = image_inputs(texts)
+        with pipeline_for(art, backend=backend, device=device, batch_size=batch_size) as pipe:
+            preds = pipe.predict(paths)
+        rows = [{"image": str(p)} | r.to_dict() for p, r in zip(paths, preds)]
+        emit(rows, as_json, lambda: "\n".join(f"{r.label:<12} {r.score:.4f}  {p}" for p, r in zip(paths, preds)))
+        return
+    refuse_images_for_text(texts, art.task)
     inputs = read_texts(texts, file, csv_path, column)
-    with pipeline_for(artifact, backend=backend, device=device, batch_size=batch_size) as pipe:
+    with pipeline_for(art, backend=backend, device=device, batch_size=batch_size) as pipe:
         if isinstance(pipe, Embedder):
             emb = pipe.embed(inputs)
             rows = [{"text": t, "embedding": [round(float(x), 6) for x in e]} for t, e in zip(inputs, emb)]

@@ -23,7 +23,7 @@ from runtime.errors import ConfigError
 @click.option("--threads", default=0, show_default=True, type=int, help="Model intra-op threads (0: backend default).")
 @click.option("--spinning/--no-spinning", default=True, show_default=True,
               help="onnxruntime: idle model threads spin briefly (faster; --no-spinning on a shared host).")
-@click.option("--max-inputs", default=64, show_default=True, type=int, help="Texts per request.")
+@click.option("--max-inputs", default=64, show_default=True, type=int, help="Texts (or images) per request.")
 @click.option("--max-chars", default=2000, show_default=True, type=int, help="Characters per text.")
 @click.option("--max-body-bytes", default=1 << 20, show_default=True, type=int, help="Request body limit.")
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=float, help="Seconds a request may wait.")
@@ -52,13 +52,14 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
           max_connections: int, api_key_file: Path | None, public_metrics: bool, log_inputs: bool, access_log: bool,
           ssl_certfile: Path | None, ssl_keyfile: Path | None, signature_pub: Path | None, retry_load: bool,
           backend: str, device: str, dtype: str | None, cuda_graphs: bool) -> None:
-    """Serve a text classifier over HTTP: POST /v1/predict, GET /healthz, /livez, /metrics, /openapi.json.
+    """Serve a text or image classifier over HTTP: POST /v1/predict ({"inputs": [texts]}, or for images
+    {"images": [base64]} or multipart/form-data), GET /healthz, /livez, /metrics, /openapi.json.
 
     SIGHUP (or an authenticated POST /admin/reload) loads the artifact again, warms it, then switches."""
     import logging
     import os
 
-    from runtime.server import ServeConfig, import_serving, read_api_key
+    from runtime.server import SERVED_TASKS, ServeConfig, import_serving, read_api_key
     from runtime.server import serve as run_server
 
     config = ServeConfig(host=host, port=port, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
@@ -70,8 +71,8 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
                          require_signature=str(signature_pub or ""), ssl_certfile=str(ssl_certfile or ""),
                          ssl_keyfile=str(ssl_keyfile or ""))
     art = Artifact.load(artifact)
-    if art.task != "text-classification":
-        raise ConfigError(f"kiln serve serves text-classification artifacts; {artifact} is {art.task!r}")
+    if art.task not in SERVED_TASKS:
+        raise ConfigError(f"kiln serve serves {' and '.join(SERVED_TASKS)} artifacts; {artifact} is {art.task!r}")
     import_serving()
     logging.basicConfig(level=logging.INFO, format="[kiln %(asctime)s] %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

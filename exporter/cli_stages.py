@@ -16,16 +16,17 @@ from runtime.errors import ConfigError
 
 @click.command()
 @click.argument("source")
-@click.option("--data", required=True, help="Training data: CSV/TSV/JSONL, or movie-snippets:train.")
+@click.option("--data", required=True, help="Training data: CSV/TSV/JSONL or movie-snippets:train; images: a "
+              "folder with one subfolder per label, or mnist-5k:train.")
 @click.option("--eval", "eval_data", help="Evaluation data for model selection and early stopping.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
-@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--epochs", type=int, help="Passes over the data (default: text 3, images 10).")
 @click.option("--max-steps", type=int, help="Stop after this many steps (overrides --epochs).")
-@click.option("--lr", default=1e-4, show_default=True, type=float)
-@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--lr", type=float, help="Peak learning rate (default: text 1e-4, images 2e-3).")
+@click.option("--batch-size", type=int, help="Examples per step (default: text 32, images 64).")
 @click.option("--max-length", default=64, show_default=True, type=int)
 @click.option("--warmup-ratio", default=0.06, show_default=True, type=float)
-@click.option("--patience", default=2, show_default=True, type=int, help="Evaluations without improvement before stopping.")
+@click.option("--patience", type=int, help="Evaluations without improvement before stopping (default: text 2, images 3).")
 @click.option("--eval-every", type=int, help="Steps between evaluations (default: each epoch).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--lora", is_flag=True, help="Train LoRA adapters (merged into the weights on save).")
@@ -35,12 +36,24 @@ from runtime.errors import ConfigError
 @with_options(data_options)
 @force_option
 @json_option
-def finetune(source: str, data: str, eval_data: str | None, out: Path, epochs: int, max_steps: int | None, lr: float,
-             batch_size: int, max_length: int, warmup_ratio: float, patience: int, eval_every: int | None, seed: int,
+def finetune(source: str, data: str, eval_data: str | None, out: Path, epochs: int | None, max_steps: int | None,
+             lr: float | None, batch_size: int | None, max_length: int, warmup_ratio: float, patience: int | None, eval_every: int | None, seed: int,
              lora: bool, lora_r: int, device: str, bf16: bool, text_column: str, label_column: str, force: bool,
              as_json: bool) -> None:
-    """Fine-tune SOURCE (`minilm` or an HF checkpoint) as a text classifier."""
+    """Fine-tune SOURCE as a classifier: text (`minilm`, an HF checkpoint; CSV/TSV/JSONL data) or images
+    (`vit-tiny-mnist`, `resnet-tiny-mnist`, an HF config.json or checkpoint; an image folder or mnist-5k)."""
     from calibration.datasets import load_labelled
+    from exporter.cli_vision import finetune_images_cli, is_image_finetune
+
+    if is_image_finetune(source, data):
+        given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup_ratio": warmup_ratio,
+                 "patience": patience, "seed": seed, "device": device, "max_steps": max_steps,
+                 "eval_every": eval_every, "lora": lora, "bf16": bf16}
+        art = finetune_images_cli(source, data, eval_data, out, force, given, progress)
+        emit(art.to_manifest() | {"path": str(art.path)}, as_json, lambda: describe(art) +
+             f"\nbest eval accuracy {art.lineage[-1].metrics['eval'].get('accuracy', float('nan')):.4f}")
+        return
+    epochs, lr, batch_size, patience = epochs or 3, lr or 1e-4, batch_size or 32, patience or 2
     from exporter.finetune import FinetuneConfig
     from exporter.finetune import finetune as run_finetune
     from exporter.load import load_checkpoint
@@ -96,6 +109,9 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
                          scope=scope, samples=samples, recover_steps=recover_steps, recover_lr=recover_lr,
                          distill=distill, seed=seed)
     check_output(out.absolute(), force)
+    from exporter.cli_vision import refuse_vision_prune
+
+    refuse_vision_prune(artifact)
     source = load_checkpoint(artifact, "text-classification")
     names = [source.labels[i] for i in sorted(source.labels)]
     train = load_labelled(data, text_column, label_column, names) if data else None
@@ -121,13 +137,14 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
 @click.option("--optimize/--no-optimize", default=True, show_default=True, help="Quantize the fused graph.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True)
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (for CPUs without VNNI).")
-@click.option("--calib-data", help="Texts for static calibration: CSV/TSV/JSONL or movie-snippets:train.")
-@click.option("--calib-samples", default=256, show_default=True, type=int, help="Calibration texts, stratified by length.")
+@click.option("--calib-data", help="Static calibration inputs: texts (CSV/TSV/JSONL, movie-snippets:train) or, "
+              "for an image model, a folder of images or mnist-5k:train.")
+@click.option("--calib-samples", default=256, show_default=True, type=int, help="Calibration inputs (texts stratified by length; images drawn at random).")
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="Reuse a range cache (calibration_cache.json).")
 @click.option("--calibrator", default="minmax", show_default=True, help="minmax, percentile or entropy.")
 @click.option("--percentile", default=99.999, show_default=True, type=float)
-@click.option("--op-types", default="MatMul,Attention,Gather,EmbedLayerNormalization", show_default=True,
-              help="Op types to quantize.")
+@click.option("--op-types", default="", help="Op types to quantize (default: the model family's: text "
+              "MatMul,Attention,Gather,EmbedLayerNormalization; vision Conv,MatMul,Gemm, dynamic MatMul,Gemm).")
 @click.option("--exclude-op-types", default="", help="Comma-separated op types to leave in fp32.")
 @click.option("--exclude-nodes", default="", help="Comma-separated node names to leave in fp32.")
 @click.option("--activation-type", default="uint8", show_default=True, help="int8 or uint8 (static).")
@@ -152,7 +169,7 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
              calib_pad_length: int, smooth_quant_alpha: float, text_column: str, label_column: str,
              force: bool, as_json: bool) -> None:
     """Quantize an ONNX artifact (int8 dynamic/static, fp16), validated and optionally accuracy-guarded."""
-    from calibration.datasets import load_labelled, load_texts
+    from calibration.sources import labelled_for, raw_for
     from exporter.quantize import QuantConfig
     from exporter.quantize import quantize as run_quantize
     from exporter.stage import check_output
@@ -171,14 +188,14 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
     art = Artifact.load(artifact)
     calibration = None
     if calib_data:
-        texts = load_texts(calib_data, text_column)
+        raw = raw_for(art.task, calib_data, text_column)  # texts, or image paths for a vision model
         if method == "nncf-int8":  # one text per calibration item, padded to the configured length (0: its own)
-            calibration = art.family.calibration_feeds(art, texts, calib_samples, batch_size=1,
+            calibration = art.family.calibration_feeds(art, raw, calib_samples, batch_size=1,
                                                        pad_to=calib_pad_length or None)
         else:  # percentile/entropy need one shape for every batch
-            calibration = art.family.calibration_feeds(art, texts, calib_samples, fixed_shape=calibrator != "minmax")
+            calibration = art.family.calibration_feeds(art, raw, calib_samples, fixed_shape=calibrator != "minmax")
     names_map = [art.labels[i] for i in sorted(art.labels)] if art.labels else None
-    evaluation = load_labelled(eval_data, text_column, label_column, names_map) if eval_data else None
+    evaluation = labelled_for(art.task, eval_data, text_column, label_column, names_map) if eval_data else None
     q = run_quantize(art, config, out, calibration=calibration, eval_data=evaluation, calib_cache=calib_cache,
                      report=report, force=force, progress=progress)
     m = q.lineage[-1].metrics
@@ -232,7 +249,8 @@ def optimize(artifact: Path, out: Path, force: bool, as_json: bool) -> None:
 
 @click.command(name="eval")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--data", required=True, help="Labelled data: CSV/TSV/JSONL, or movie-snippets:test.")
+@click.option("--data", required=True, help="Labelled data: CSV/TSV/JSONL or movie-snippets:test; images: a folder "
+              "with one subfolder per label, or mnist-5k:test.")
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @with_options(data_options)
 @backend_option
@@ -242,13 +260,14 @@ def evaluate(artifact: Path, data: str, batch_size: int, text_column: str, label
              device: str, as_json: bool) -> None:
     """Accuracy, macro-F1 and confusion matrix of a classifier artifact (hf via torch, onnx via onnxruntime)."""
     from benchmarks.accuracy import measure_accuracy
-    from calibration.datasets import load_labelled
-    from runtime.pipeline import TextClassifier
+    from calibration.sources import labelled_for
+    from runtime.pipeline import pipeline_for
 
     art = Artifact.load(artifact)
-    with TextClassifier(art, backend=backend, device=device, batch_size=batch_size) as clf:
-        names = [art.labels[i] for i in sorted(art.labels)]
-        result = measure_accuracy(clf, load_labelled(data, text_column, label_column, names))
+    names = [art.labels[i] for i in sorted(art.labels)]
+    labelled = labelled_for(art.task, data, text_column, label_column, names)  # before loading the model
+    with pipeline_for(art, backend=backend, device=device, batch_size=batch_size) as clf:
+        result = measure_accuracy(clf, labelled)
         result["backend"] = clf.session.describe()
     emit(result, as_json, lambda: format_eval(result))
 

@@ -20,7 +20,14 @@ from exporter.stage import Progress, atomic_output, finish, quiet
 from exporter.training import LoopConfig, collate, encode, evaluate, train_
 from runtime.artifact import Artifact
 from runtime.backends.torch_structure import STRUCTURE_KEY, encoder_layers, head_size, shrink_layer_
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, TaskError
+
+# Structured pruning removes attention heads and FFN neurons of BERT-style layers (exporter/prune.py);
+# ViT's layers have the same parts under other names and its data path is images, and CNNs would need
+# channel pruning across residual connections: neither is implemented, so an image model is refused.
+PRUNE_VISION = ("kiln prune does not prune image models: structured pruning (heads/FFN) is implemented for "
+                "BERT-style text encoders only; ViT head/FFN pruning and CNN channel pruning are not implemented "
+                "(quantize with static int8 instead)")
 
 KINDS = ("structured", "unstructured", "2:4")
 SCOPES = ("global", "layer")
@@ -225,6 +232,8 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
     """Prune an `hf` classifier; the manifest records what was removed/zeroed per layer and the accuracy."""
     import transformers
 
+    if artifact.family.name == "vision":
+        raise TaskError(PRUNE_VISION)
     if artifact.format != "hf" or artifact.task != "text-classification":
         raise ConfigError(f"prune reads an 'hf' text-classification artifact, got {artifact.format!r} {artifact.task!r}")
     if config.kind == "structured" and train is None:

@@ -3,6 +3,7 @@ optionally guarded by task accuracy (sensitive nodes fall back to fp32 until the
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -30,7 +31,8 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
 FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax",
                   "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Erf"]
 CALIBRATION_CACHE = "calibration_cache.json"
-STATIC_OPS = ("MatMul", "Gather")  # QDQ around these; fused contrib ops (Attention) stay float in QDQ graphs
+# QDQ around these; fused contrib ops (Attention) stay float in QDQ graphs. Conv/Gemm: vision models
+STATIC_OPS = ("MatMul", "Gather", "Conv", "Gemm")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class QuantConfig:
     percentile: float = 99.999
     calib_samples: int = 256
     # Gather/EmbedLayerNormalization: int8 embeddings shrink MiniLM from 59 to 23 MB (test accuracy unchanged)
-    op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
+    # () = the model family's (runtime/tasks: text MatMul/Attention/Gather/EmbedLayerNormalization, vision Conv/MatMul/Gemm)
+    op_types: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     activation_type: str = "uint8"
@@ -259,6 +262,8 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         return quantize_nncf(artifact, config, out, calibration, eval_data, force, progress)
     if config.method == "static-int8" and calibration is None and calib_cache is None:
         raise ConfigError("static-int8 needs calibration data (--calib-data) or a range cache (--calib-cache)")
+    if not config.op_types:  # the family knows which ops its models are made of (Conv for CNNs)
+        config = dataclasses.replace(config, op_types=artifact.family.quantize_op_types(config.method))
     calib = None
     if calibration is not None and config.method == "static-int8":
         calib = check_calibration(artifact, calibration, fixed_shape=config.calibrator != "minmax")

@@ -7,10 +7,11 @@ from runtime.errors import (
 )
 from runtime.pipeline import Embedder, Pipeline, Prediction, TextClassifier, pipeline_for
 from runtime.session import Session, open_session, validate_feed
+from runtime.tasks.vision import ImageClassifier, ImagePreprocessing
 
 __all__ = [
     "Artifact", "Step", "TensorSpec", "Session", "open_session", "validate_feed",
-    "Pipeline", "TextClassifier", "Embedder", "Prediction", "pipeline_for",
+    "Pipeline", "TextClassifier", "Embedder", "ImageClassifier", "ImagePreprocessing", "Prediction", "pipeline_for",
     "KilnError", "ConfigError", "SourceError", "ArtifactError", "InputError", "BackendError",
     "TaskError", "ValidationError", "DataError", "OverloadError",
 ]

@@ -115,8 +115,11 @@ def create_app(service: Service) -> Any:
         return endpoint
 
     async def predict(request: Request, info: dict[str, Any]) -> Response:
-        texts = service.parse(await read_body(request, config.max_body_bytes, config.body_timeout_s))
-        info["inputs"], info["texts"] = len(texts), texts
+        texts = service.parse(await read_body(request, config.max_body_bytes, config.body_timeout_s),
+                              request.headers.get("content-type", "application/json"))
+        info["inputs"] = len(texts)
+        if all(isinstance(t, str) for t in texts):  # images are never written to the log
+            info["texts"] = texts
         return JSONResponse(await service.predict(texts))
 
     async def healthz(request: Request, info: dict[str, Any]) -> Response:

@@ -191,6 +191,9 @@ PIPELINES: dict[str, type[Pipeline]] = {"text-classification": TextClassifier, "
 def pipeline_for(artifact: Artifact | str | Path, **kwargs: Any) -> Pipeline:
     """The pipeline that fits the artifact's task."""
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    own = art.family.pipeline_class(art.task)  # a family with its own pipeline (vision: ImageClassifier)
+    if own is not None:
+        return own(art, **kwargs)
     if art.task not in PIPELINES:
         raise TaskError(f"no text pipeline for task {art.task!r} ({art.path}); "
                         f"pipelines exist for {', '.join(PIPELINES)}")

@@ -25,7 +25,10 @@ from runtime.artifact import Artifact
 from runtime.backends.options import torch_only
 from runtime.batching import Batcher, BatcherClosed, RequestTimeout
 from runtime.errors import BackendError, ConfigError, InputError, KilnError, OverloadError
+from runtime.image_requests import TooMany, images_from_json, images_from_multipart
 from runtime.pipeline import TextClassifier
+
+SERVED_TASKS = ("text-classification", "image-classification")
 
 BUCKET_TOKENS = 32  # requests whose token counts fall in the same 32-token band share a batch
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -136,7 +139,7 @@ class Model:
     """One loaded artifact: its classifier and the batcher in front of it."""
 
     artifact: Artifact
-    clf: TextClassifier
+    clf: TextClassifier  # or runtime.tasks.vision.ImageClassifier (same encode / predict_encoded / predict)
     batcher: Batcher
     loaded_at: float
 
@@ -208,8 +211,9 @@ class Service:
 
             verify_artifact(source, c.require_signature)
         art = Artifact.load(source)
-        if art.task != "text-classification":
-            raise ConfigError(f"kiln serve serves text-classification artifacts; {art.path} is {art.task!r}")
+        if art.task not in SERVED_TASKS:
+            raise ConfigError(f"kiln serve serves {' and '.join(SERVED_TASKS)} artifacts; {art.path} is {art.task!r}")
+        vision = art.family.name == "vision"
         options: dict[str, Any] = {"threads": c.threads} if c.threads else {}
         if c.dtype:
             options["dtype"] = c.dtype
@@ -217,13 +221,18 @@ class Service:
             options["cuda_graphs"] = True
         if c.backend in ("auto", "onnxruntime") and art.format == "onnx":
             options["spinning"] = c.spinning
-        clf = TextClassifier(art, backend=c.backend, device=c.device, batch_size=c.max_batch_size, **options)
+        from runtime.pipeline import pipeline_for
+
+        clf = pipeline_for(art, backend=c.backend, device=c.device, batch_size=c.max_batch_size, **options)
         try:
             for _ in range(c.warmup):  # first runs pay for kernel selection and arena growth
-                check_finite(clf.predict(["warm up the model"] * min(8, c.max_batch_size)))
+                n = min(8, c.max_batch_size)
+                check_finite(clf.predict(clf.example_inputs(n) if vision else ["warm up the model"] * n))
             clf.warm_up_shapes()  # with CUDA graphs: capture every bucket shape before reporting ready
+            # images all have the model's one shape: no length buckets
             batcher = Batcher(clf.predict_encoded, c.max_batch_size, c.max_delay_ms, c.max_queue,
-                              bucket=length_bucket, timeout_s=c.request_timeout_s, on_batch=self._on_batch)
+                              bucket=None if vision else length_bucket, timeout_s=c.request_timeout_s,
+                              on_batch=self._on_batch)
         except BaseException:
             clf.close()
             raise
@@ -286,15 +295,24 @@ class Service:
             self.model.close()
 
     # -- requests --------------------------------------------------------------------------------
-    def parse(self, body: bytes) -> list[str]:
+    def parse(self, body: bytes, content_type: str = "application/json") -> list[Any]:
+        """A request's inputs: texts ({"inputs": [...]}), or for an image model encoded images
+        ({"images": ["<base64>", ...]} or multipart/form-data file parts)."""
         c = self.config
         if len(body) > c.max_body_bytes:
             raise HTTPError(413, f"request body is {len(body)} bytes; the limit is {c.max_body_bytes}")
+        if content_type.lower().startswith("multipart/form-data"):
+            return self.parse_images(lambda: images_from_multipart(body, content_type, c.max_inputs))
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError) as e:  # also non-UTF-8, 5,000-digit numbers, deep nesting
             reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
             raise HTTPError(400, f"request body is not valid JSON ({reason})") from None
+        if isinstance(payload, dict) and "images" in payload and "inputs" not in payload:
+            return self.parse_images(lambda: images_from_json(payload["images"], c.max_inputs))
+        if self.serves_images:
+            raise HTTPError(422, 'this is an image classifier: send {"images": ["<base64 image file>", ...]} '
+                                 "or multipart/form-data with one file part per image")
         if not isinstance(payload, dict) or "inputs" not in payload:
             raise HTTPError(422, 'expected a JSON object {"inputs": ["text", ...]}')
         inputs = payload["inputs"]
@@ -313,7 +331,23 @@ class Service:
                 raise HTTPError(422, f"inputs[{i}] contains an unpaired UTF-16 surrogate; send valid Unicode text")
         return inputs
 
-    async def predict(self, texts: list[str]) -> dict[str, Any]:
+    @property
+    def serves_images(self) -> bool:
+        model = self.model
+        return model is not None and model.artifact.family.name == "vision"
+
+    def parse_images(self, read: Callable[[], list[bytes]]) -> list[bytes]:
+        if self.model is not None and not self.serves_images:
+            raise HTTPError(422, f"this model classifies text ({self.model.artifact.task}); it takes "
+                                 '{"inputs": ["text", ...]}, not images')
+        try:
+            return read()
+        except TooMany as e:
+            raise HTTPError(413, str(e)) from None
+        except InputError as e:
+            raise HTTPError(422, str(e)) from None
+
+    async def predict(self, texts: list[Any]) -> dict[str, Any]:
         for _ in range(2):  # a reload may close the batcher between our read of self.model and the submit
             model = self.model
             if not self.ready or model is None:

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from runtime.artifact import Artifact, TensorSpec
 
 # One module per family, imported on first lookup. Adding a family = a module here + its tests.
-FAMILY_MODULES: tuple[str, ...] = ("runtime.tasks.text",)
+FAMILY_MODULES: tuple[str, ...] = ("runtime.tasks.text", "runtime.tasks.vision")
 
 Feed = dict[str, np.ndarray]
 
@@ -150,6 +150,15 @@ class Family(ABC):
     def serves_inputs(self, names: Sequence[str]) -> bool:
         """Whether a graph taking these inputs is one of this family's (for readers given only specs)."""
         return False
+
+    def quantize_op_types(self, method: str) -> tuple[str, ...]:
+        """The ONNX op types `kiln quantize` quantizes by default with `method` (transformer encoders':
+        MatMul and the fused Attention / embedding ops; families with convolutions add Conv)."""
+        return ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
+
+    def pipeline_class(self, task: str) -> type | None:
+        """The runtime pipeline for `task` when the family brings its own (runtime.pipeline.pipeline_for asks)."""
+        return None
 
     def fusion_type(self, model_type: str) -> str | None:
         """onnxruntime's transformer-optimizer model type for graph fusion; None: this type is not fused."""
