@@ -65,10 +65,14 @@ async def read_body(request: Any, limit: int, timeout_s: float) -> bytes:
                 raise HTTPError(413, f"request body is over the limit of {limit} bytes")
             chunks.append(chunk)
 
+    from starlette.requests import ClientDisconnect
+
     try:
         await asyncio.wait_for(pull(), timeout_s)
     except asyncio.TimeoutError:
         raise HTTPError(408, f"the request body did not arrive within {timeout_s:g}s") from None
+    except ClientDisconnect:  # the client left mid-body: its mistake, not a server error (nginx's 499)
+        raise HTTPError(499, "the client closed the connection before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -177,10 +181,15 @@ def create_app(service: Service) -> Any:
               ("/admin/reload", reload, ["POST"])]
     app = Starlette(routes=[Route(p, guarded(h, p), methods=m) for p, h, m in routes], lifespan=lifespan)
 
+    app.router.redirect_slashes = False  # '/v1/predict/' is a 404 like any unknown path, not a redirect
+
     async def not_found(request: Request, exc: Exception) -> Response:
         code = getattr(exc, "status_code", 404)
-        return JSONResponse({"error": f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not found')}"},
-                            code)
+        rid = request_id(request.headers)
+        message = f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not found')}"
+        service.requests.labels("other", str(code)).inc()
+        access_log.info(f"request_id={rid} method={request.method} path=other status={code} ms=0.0 inputs=0")
+        return JSONResponse({"error": message, "request_id": rid}, code, headers={"X-Request-Id": rid})
 
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_found)

@@ -15,6 +15,8 @@ import asyncio
 import json
 import logging
 import math
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -88,9 +90,11 @@ class ServeConfig:
         if not self.max_delay_ms >= 0:
             raise ConfigError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
         torch_only([self.backend], self.device, self.dtype, self.cuda_graphs)
-        if self.api_key and (len(self.api_key) < MIN_API_KEY_CHARS or any(c.isspace() for c in self.api_key)):
-            raise ConfigError(f"the API key must be at least {MIN_API_KEY_CHARS} characters with no whitespace, "
-                              f"got {len(self.api_key)} characters")
+        if self.api_key and (len(self.api_key) < MIN_API_KEY_CHARS or not self.api_key.isascii()
+                             or not self.api_key.isprintable() or any(c.isspace() for c in self.api_key)):
+            # HTTP headers carry Latin-1 at best: a non-ASCII key could never be sent back, so no request would pass
+            raise ConfigError(f"the API key must be at least {MIN_API_KEY_CHARS} printable ASCII characters with no "
+                              f"whitespace, got {len(self.api_key)} characters")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile")
         for name in ("ssl_certfile", "ssl_keyfile", "require_signature"):
@@ -142,10 +146,33 @@ class Model:
     clf: TextClassifier  # or runtime.tasks.vision.ImageClassifier (same encode / predict_encoded / predict)
     batcher: Batcher
     loaded_at: float
+    source: Path  # where it was loaded from (the artifact itself may be a verified private snapshot)
+    snapshot: Path | None = None
 
     def close(self) -> None:
         self.batcher.close(drain=True)  # accepted requests finish before the model goes away
         self.clf.close()
+        if self.snapshot is not None:
+            shutil.rmtree(self.snapshot, ignore_errors=True)
+
+
+def signed_snapshot(source: Path, public_key: str) -> Path:
+    """Copy the artifact into a private folder, then verify that copy: what is loaded is exactly what was
+    verified, whatever happens to `source` meanwhile (verifying in place, then reading the files again,
+    let a swap between the two go through)."""
+    from runtime.signing import verify_artifact
+
+    if not source.is_dir():
+        return source  # Artifact.load/verify_artifact give the one-line error
+    root = Path(tempfile.mkdtemp(prefix="kiln-serve-verified-"))
+    snap = root / source.name
+    try:
+        shutil.copytree(source, snap, symlinks=True)  # links stay links: verification refuses them
+        verify_artifact(snap, public_key)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return snap
 
 
 class Service:
@@ -185,7 +212,7 @@ class Service:
     def readiness(self) -> tuple[int, dict[str, Any]]:
         if self.ready:
             assert self.model is not None
-            return 200, {"status": "ready", "artifact": str(self.model.artifact.path)}
+            return 200, {"status": "ready", "artifact": str(self.model.source)}
         if self.draining:
             return 503, {"status": "draining"}
         if self.model is not None:
@@ -206,13 +233,20 @@ class Service:
     def load_model(self, source: str | Path) -> Model:
         """Load, check and warm one artifact; the caller decides when it starts taking traffic."""
         c = self.config
-        if c.require_signature:
-            from runtime.signing import verify_artifact
+        source = Path(source)
+        path = signed_snapshot(source, c.require_signature) if c.require_signature else source
+        try:
+            return self._load(path, source)
+        except BaseException:
+            if path != source:
+                shutil.rmtree(path.parent, ignore_errors=True)
+            raise
 
-            verify_artifact(source, c.require_signature)
-        art = Artifact.load(source)
+    def _load(self, path: Path, source: Path) -> Model:
+        c = self.config
+        art = Artifact.load(path)
         if art.task not in SERVED_TASKS:
-            raise ConfigError(f"kiln serve serves {' and '.join(SERVED_TASKS)} artifacts; {art.path} is {art.task!r}")
+            raise ConfigError(f"kiln serve serves {' and '.join(SERVED_TASKS)} artifacts; {source} is {art.task!r}")
         vision = art.family.name == "vision"
         options: dict[str, Any] = {"threads": c.threads} if c.threads else {}
         if c.dtype:
@@ -236,7 +270,7 @@ class Service:
         except BaseException:
             clf.close()
             raise
-        return Model(art, clf, batcher, time.time())
+        return Model(art, clf, batcher, time.time(), source, path.parent if path != source else None)
 
     def start(self) -> None:
         """The first load (in a background thread): exit on failure, or retry with backoff under retry_load."""
@@ -283,7 +317,7 @@ class Service:
                 threading.Thread(target=old.close, name="kiln-drain-old-model", daemon=True).start()
             seconds = time.perf_counter() - started
             log.info("reloaded model from %s in %.2f s", path, seconds)
-            return {"status": "reloaded", "artifact": str(new.artifact.path), "seconds": round(seconds, 3)}
+            return {"status": "reloaded", "artifact": str(new.source), "seconds": round(seconds, 3)}
 
     def _on_batch(self, size: int, depth: int, seconds: float) -> None:
         self.batch_size.observe(size)

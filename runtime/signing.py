@@ -52,7 +52,7 @@ def sign_artifact(path: str | Path, private_key_path: str | Path, signature_path
     ms = _library()
     art = Artifact.load(path)
     key = _load_private_key(Path(private_key_path), password)  # before hashing: a bad key fails fast
-    changed = art.verify()
+    changed = art.verify() + [f"manifest.json ({field})" for field in art.verify_manifest() or []]
     if changed:
         raise ArtifactError(
             f"{art.path}: {', '.join(changed)} missing or changed since the manifest was written; "

@@ -182,7 +182,7 @@ def test_authentication(tiny_onnx):
         assert request(s.port, "POST", "/v1/predict", {"inputs": ["good"]})[0] == 401
 
 
-@pytest.mark.parametrize("key, match", [("short", "at least 16 characters"), ("a" * 10 + " " + "b" * 10, "no whitespace")])
+@pytest.mark.parametrize("key, match", [("short", "at least 16 printable ASCII characters"), ("a" * 10 + " " + "b" * 10, "no whitespace")])
 def test_weak_api_keys_are_refused(key, match):
     from runtime.errors import ConfigError
     from runtime.server import ServeConfig
@@ -382,3 +382,58 @@ def test_require_signature_serves_a_signed_artifact_and_refuses_an_altered_one(t
     proc, _ = serve_process(unsigned, "--require-signature", str(public))
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "has no signature" in out
+
+
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(tiny_onnx, caplog):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with ThreadServer(tiny_onnx.path) as s:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", s.port)) as sock:
+                sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{\"inputs\": [\"a")
+        time.sleep(0.5)
+        assert request(s.port, "POST", "/v1/predict", {"inputs": ["good"]})[0] == 200
+        _, _, metrics = request(s.port, "GET", "/metrics")
+    statuses = {x.labels["status"] for f in text_string_to_metric_families(metrics.decode())
+                if f.name == "kiln_requests" for x in f.samples if x.labels.get("path") == "/v1/predict"}
+    assert not any(code.startswith("5") for code in statuses)
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+
+
+@pytest.mark.parametrize("method, path, status", [("POST", "/v1/predict/", 404), ("GET", "/v1/predict", 405),
+                                                  ("GET", "/nowhere", 404)])
+def test_unknown_routes_are_json_with_a_request_id(tiny_onnx, method, path, status):
+    with ThreadServer(tiny_onnx.path, api_key=KEY) as s:
+        got, headers, raw = request(s.port, method, path, {"inputs": ["good"]} if method == "POST" else None)
+    assert got == status and json.loads(raw)["request_id"] == headers["x-request-id"]
+
+
+def test_a_non_ascii_api_key_is_refused_at_start():
+    from runtime.errors import ConfigError
+    from runtime.server import ServeConfig
+
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        ServeConfig(api_key="pässwörd_ÄÖÜ_1234567")
+
+
+def test_require_signature_serves_a_private_verified_copy(tiny_onnx, tmp_path):
+    """What is verified is what is loaded: a swap at the source after verification cannot reach the model."""
+    import shutil
+
+    from runtime.signing import generate_key_pair, sign_artifact
+
+    private, public = generate_key_pair(tmp_path / "keys")
+    art = tmp_path / "signed"
+    shutil.copytree(tiny_onnx.path, art)
+    sign_artifact(art, private)
+    with ThreadServer(art, require_signature=str(public)) as s:
+        model = s.service.model
+        assert model.snapshot is not None and model.artifact.path != art and model.source == art
+        manifest = json.loads((art / "manifest.json").read_text())
+        manifest["meta"]["labels"] = {"0": "PWNED", "1": "positive"}
+        (art / "manifest.json").write_text(json.dumps(manifest))  # the source changes; the copy does not
+        got = json.loads(request(s.port, "POST", "/v1/predict", {"inputs": ["bad"] * 3})[2])["predictions"]
+        assert all(set(p["scores"]) == {"negative", "positive"} for p in got)
+        assert json.loads(request(s.port, "GET", "/healthz")[2])["artifact"] == str(art)
+        snapshot = model.snapshot
+    assert not snapshot.exists()  # removed when the model closed

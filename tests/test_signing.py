@@ -236,3 +236,12 @@ def test_a_derived_artifact_does_not_inherit_the_signature(signed, tmp_path):
 
     out = quantize(Artifact.load(signed), QuantConfig(method="dynamic-int8"), tmp_path / "int8")
     assert not (out.path / SIGNATURE).exists()
+
+
+def test_sign_refuses_a_manifest_edited_by_hand(art, keys):
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["meta"]["labels"] = {"0": "X", "1": "positive"}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"manifest.json \(meta.labels\).*refusing to sign"):
+        sign_artifact(art, keys[0][0])
+    assert not (art / SIGNATURE).exists()
