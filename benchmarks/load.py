@@ -115,9 +115,10 @@ class _Connection:
         self.reader = self.writer = None
 
 
-def http_target(url: str, timeout_s: float = 30.0) -> Callable[[], Target]:
-    """A factory of senders, each with its own keep-alive connection, that POST one text to /v1/predict."""
-    return _post_target(url, "/v1/predict", lambda text: {"inputs": [text]}, timeout_s)
+def http_target(url: str, timeout_s: float = 30.0, api_key: str = "") -> Callable[[], Target]:
+    """A factory of senders, each with its own keep-alive connection, that POST one text to /v1/predict
+    (with `Authorization: Bearer api_key` when given)."""
+    return _post_target(url, "/v1/predict", lambda text: {"inputs": [text]}, timeout_s, api_key)
 
 
 def triton_target(url: str, model: str, timeout_s: float = 30.0) -> Callable[[], Target]:
@@ -130,19 +131,21 @@ def triton_target(url: str, model: str, timeout_s: float = 30.0) -> Callable[[],
     return _post_target(url, f"/v2/models/{model}/infer", body, timeout_s)
 
 
-def _post_target(url: str, route: str, body_for: Callable[[str], Any], timeout_s: float) -> Callable[[], Target]:
+def _post_target(url: str, route: str, body_for: Callable[[str], Any], timeout_s: float,
+                 api_key: str = "") -> Callable[[], Target]:
     parsed = urlparse(url)
     if parsed.scheme != "http" or not parsed.hostname:
         raise ConfigError(f"url must look like http://127.0.0.1:8000, got {url!r}")
     path = (parsed.path.rstrip("/") or "") + route
     host, port = parsed.hostname, parsed.port or 80
     encoded: dict[str, bytes] = {}
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
 
     def request_for(text: str) -> bytes:
         if text not in encoded:
             body = json.dumps(body_for(text)).encode()
             encoded[text] = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+                             f"{auth}Content-Length: {len(body)}\r\n\r\n").encode() + body
         return encoded[text]
 
     stats: Counter = Counter()

@@ -9,7 +9,7 @@ import click
 from exporter.cli_common import (backend_option, cuda_graphs_option, device_option, dtype_option, emit, json_option,
                                  progress)
 from runtime.artifact import Artifact
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, KilnError
 
 
 @click.command()
@@ -97,10 +97,12 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
 @click.option("--protocol", type=click.Choice(["kiln", "triton"]), default="kiln", show_default=True,
               help="HTTP mode: kiln serve's /v1/predict, or Triton's KServe v2 /v2/models/MODEL/infer.")
 @click.option("--model", default="", help="--protocol triton: the model to call (the ensemble export-triton wrote).")
+@click.option("--api-key-file", type=click.Path(path_type=Path),
+              help="kiln serve with authentication: send this token (or set KILN_API_KEY).")
 @json_option
 def loadtest(target: str, concurrency: int, rate: float | None, duration: float, data: str, text_column: str,
              max_batch_size: int, max_delay_ms: float, max_queue: int, protocol: str, model: str,
-             as_json: bool) -> None:
+             api_key_file: Path | None, as_json: bool) -> None:
     """Load a running server (TARGET = http://host:port) or an in-process Batcher (TARGET = an artifact)."""
     from benchmarks.load import batcher_target, closed_loop, http_target, open_loop, triton_target
     from calibration.datasets import load_texts
@@ -118,7 +120,11 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
     if protocol == "triton":
         make = triton_target(target, model)
     elif "://" in target:
-        make = http_target(target)
+        import os
+
+        from runtime.server import read_api_key
+
+        make = http_target(target, api_key=read_api_key(api_key_file, os.environ.get("KILN_API_KEY")))
     else:
         clf = TextClassifier(target, batch_size=max_batch_size)
         batcher = Batcher(clf.predict_encoded, max_batch_size, max_delay_ms, max_queue, bucket=length_bucket)
@@ -134,3 +140,5 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
             clf.close()
     summary = result.summary()
     emit(summary, as_json, lambda: "\n".join(f"{k:<14} {v}" for k, v in summary.items()))
+    if summary["sent"] and not summary["ok"]:  # a CI step must not pass on a run where nothing succeeded
+        raise KilnError(f"no request succeeded ({summary['sent']} sent; errors {summary['errors']})")

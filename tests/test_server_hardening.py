@@ -437,3 +437,22 @@ def test_require_signature_serves_a_private_verified_copy(tiny_onnx, tmp_path):
         assert json.loads(request(s.port, "GET", "/healthz")[2])["artifact"] == str(art)
         snapshot = model.snapshot
     assert not snapshot.exists()  # removed when the model closed
+
+
+def test_loadtest_sends_the_api_key_and_fails_when_nothing_succeeds(tiny_onnx, tmp_path):
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+
+    keyfile = tmp_path / "key"
+    keyfile.write_text(KEY + "\n")
+    texts = tmp_path / "t.txt"
+    texts.write_text("good film\nbad film\n")
+    with ThreadServer(tiny_onnx.path, api_key=KEY) as s:
+        url = f"http://127.0.0.1:{s.port}"
+        ok = CliRunner().invoke(main, ["loadtest", url, "--data", str(texts), "--concurrency", "2", "--duration", "0.5",
+                                       "--api-key-file", str(keyfile), "--json"])
+        refused = CliRunner().invoke(main, ["loadtest", url, "--data", str(texts), "--concurrency", "2",
+                                            "--duration", "0.5"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["ok"] > 0, ok.output
+    assert refused.exit_code == 1 and "no request succeeded" in refused.output and "401" in refused.output
