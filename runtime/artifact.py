@@ -143,8 +143,8 @@ class Artifact:
                 f"make one with `kiln export SOURCE --task TASK -o {p}`")
         try:
             d = json.loads(mpath.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"{mpath} is not valid JSON ({e})") from None
+        except ValueError as e:  # also a 5,000-digit number and non-UTF-8 bytes
+            raise ArtifactError(f"{mpath} is not valid JSON ({str(e).split(';')[0]})") from None
         except RecursionError:
             raise ArtifactError(f"{mpath} is not a manifest Kiln wrote (nested too deeply)") from None
         except OSError as e:

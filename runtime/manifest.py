@@ -48,8 +48,10 @@ class Checker:
         return value
 
     def int_(self, value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail(where, value, "an integer >= 0")
+        # the bound keeps every count a C long (numpy, onnxruntime and the tokenizer take them as such)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+            raise self.fail(where, value if isinstance(value, int) and value.bit_length() < 64 else "a huge number",
+                            "an integer in 0..2147483647")
         return value
 
     def dict_(self, value: Any, where: str) -> dict[str, Any]:
@@ -152,7 +154,10 @@ def check_manifest(d: Any, mpath: Path, root: Path, formats: tuple[str, ...]) ->
         raise c.fail("format", fmt, ", ".join(formats))
     c.str_(c.require(d, "task", "task"), "task")
     for side in ("inputs", "outputs"):
-        for i, spec in enumerate(c.list_(c.require(d, side, side), side)):
+        specs = c.list_(c.require(d, side, side), side)
+        if not specs:
+            raise c.fail(side, specs, "at least one tensor spec")
+        for i, spec in enumerate(specs):
             c.spec(spec, f"{side}[{i}]")
     c.meta(d.get("meta", {}))
     for i, step in enumerate(c.list_(d.get("lineage", []), "lineage")):

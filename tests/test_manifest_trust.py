@@ -48,7 +48,7 @@ def setitem(keys, value):
     (("meta", "labels"), {"zero": "neg"}, r"meta\.labels: got 'zero'; valid: class ids"),
     (("meta", "labels"), {"0": ["neg"]}, r"meta\.labels\['0'\]: got \['neg'\]; valid: a non-empty string"),
     (("meta", "labels"), ["neg", "pos"], r"meta\.labels: got \['neg', 'pos'\]; valid: a JSON object"),
-    (("meta", "max_length"), "128", r"meta\.max_length: got '128'; valid: an integer >= 0"),
+    (("meta", "max_length"), "128", r"meta\.max_length: got '128'; valid: an integer in 0\.\.2147483647"),
     (("meta",), [], r"meta: got \[\]; valid: a JSON object"),
     (("format",), "pickle", r"format: got 'pickle'; valid: hf, torch, onnx"),
     (("task",), 3, r"task: got 3; valid: a non-empty string"),
@@ -280,3 +280,30 @@ def test_an_artifact_written_inside_its_source_keeps_the_source_hash(tiny_bert, 
     art = to_onnx(load_checkpoint(src, "text-classification"), OnnxConfig(validate=False), src / "onnx")
     with open_session(art, backend="torch") as s:
         assert s.describe().startswith("torch")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda raw: raw.replace('"schema_version": 1', '"schema_version": 1, "n": ' + "9" * 5000), "not valid JSON"),
+    (lambda raw: raw.replace('"labels"', '"max_length": 1000000000000000000000000000000, "labels"'), "max_length"),
+    (lambda raw: raw.replace('"labels"', '"pad_token_id": 100000000000000000000, "labels"'), "pad_token_id"),
+])
+def test_huge_numbers_in_the_manifest_are_one_line(tiny_onnx, tmp_path, edit, match):
+    import shutil
+
+    art = tmp_path / "a"
+    shutil.copytree(tiny_onnx.path, art)
+    (art / "manifest.json").write_text(edit((art / "manifest.json").read_text()))
+    with pytest.raises(ArtifactError, match=match):
+        Artifact.load(art)
+
+
+def test_an_artifact_without_outputs_is_refused(tiny_onnx, tmp_path):
+    import shutil
+
+    art = tmp_path / "a"
+    shutil.copytree(tiny_onnx.path, art)
+    d = json.loads((art / "manifest.json").read_text())
+    d["outputs"] = []
+    (art / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="malformed field outputs.*at least one tensor spec"):
+        Artifact.load(art)
