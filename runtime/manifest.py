@@ -50,8 +50,8 @@ class Checker:
     def int_(self, value: Any, where: str) -> int:
         # the bound keeps every count a C long (numpy, onnxruntime and the tokenizer take them as such)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
-            raise self.fail(where, value if isinstance(value, int) and value.bit_length() < 64 else "a huge number",
-                            "an integer in 0..2147483647")
+            huge = isinstance(value, int) and value.bit_length() >= 64
+            raise self.fail(where, "a huge number" if huge else value, "an integer in 0..2147483647")
         return value
 
     def dict_(self, value: Any, where: str) -> dict[str, Any]:
