@@ -438,6 +438,7 @@ def serve(artifact: str | Path | Artifact, config: ServeConfig) -> None:
 
     Raises KilnError when the model could not load (so the process exits non-zero with the reason)."""
     from runtime.http_app import create_app
+    from runtime.http_protocol import protocol_with_head_deadline
 
     _, uvicorn, _ = import_serving()
     holder: dict[str, Any] = {}
@@ -450,10 +451,14 @@ def serve(artifact: str | Path | Artifact, config: ServeConfig) -> None:
     if config.exposed and not config.api_key:
         log.warning("serving on %s without authentication: anyone who can reach this port can use the model; "
                     "give --api-key-file (or KILN_API_KEY) and TLS (--ssl-certfile/--ssl-keyfile)", config.host)
-    ssl = {"ssl_certfile": config.ssl_certfile, "ssl_keyfile": config.ssl_keyfile} if config.ssl_certfile else {}
+    extra: dict[str, Any] = {"ssl_certfile": config.ssl_certfile, "ssl_keyfile": config.ssl_keyfile} \
+        if config.ssl_certfile else {}
+    protocol = protocol_with_head_deadline(config.body_timeout_s)  # headers get the body's deadline too
+    if protocol is not None:
+        extra["http"] = protocol
     server = uvicorn.Server(uvicorn.Config(
         create_app(service), host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=30,
-        access_log=False, limit_concurrency=config.max_connections, timeout_keep_alive=5, **ssl))
+        access_log=False, limit_concurrency=config.max_connections, timeout_keep_alive=5, **extra))
     holder["server"] = server
     server.run()
     if service.fatal:

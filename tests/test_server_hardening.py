@@ -1,5 +1,6 @@
 """kiln serve against misbehaving clients and models (issue #13): each case was an outage, a 500 or a leak."""
 
+import http.client
 import json
 import logging
 import os
@@ -456,3 +457,31 @@ def test_loadtest_sends_the_api_key_and_fails_when_nothing_succeeds(tiny_onnx, t
                                             "--duration", "0.5"])
     assert ok.exit_code == 0 and json.loads(ok.stdout)["ok"] > 0, ok.output
     assert refused.exit_code == 1 and "no request succeeded" in refused.output and "401" in refused.output
+
+
+def test_silent_and_slow_header_clients_are_disconnected(tiny_onnx):
+    # idle connections used to hold --max-connections slots for ever, until even /healthz got 503
+    proc, port = serve_process(tiny_onnx.path, "--body-timeout", "1", "--max-connections", "4", "--no-access-log")
+    try:
+        wait_ready(port)
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        t0 = time.perf_counter()
+        for byte in b"GET /healthz HTTP/1.1\r\n":
+            try:
+                slow.send(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.2)
+        assert all(s.recv(10) == b"" for s in silent)  # closed by the server
+        assert time.perf_counter() - t0 < 8
+        assert request(port, "GET", "/healthz")[0] == 200  # the slots are free again
+        [s.close() for s in [*silent, slow]]
+        keepalive = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(3):  # an ordinary keep-alive client is unaffected
+            keepalive.request("GET", "/livez")
+            assert keepalive.getresponse().read() and True
+        keepalive.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
