@@ -26,7 +26,8 @@ from exporter.cli_common import emit, force_option, json_option, progress
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="Where ONNX models run (KIND_CPU / KIND_GPU); TensorRT engines always run on the GPU.")
 @click.option("--sequence-length", default=0, show_default=True, type=int,
-              help="Pad every request to this many tokens so all can batch (0: to a multiple of 8; best on CPU).")
+              help="Pad every request to this many tokens so all can batch (0: to a multiple of 8, so only equal "
+                   "lengths batch; with the stand-in backend 64 gave 2.2x the throughput: benchmarks/results/triton.md).")
 @click.option("--ort-threads", default=0, show_default=True, type=int,
               help="onnxruntime intra-op threads per instance (0: the backend's default).")
 @click.option("--ort-graph-optimization/--no-ort-graph-optimization", default=True, show_default=True,
