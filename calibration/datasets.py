@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -17,8 +18,10 @@ SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
 @dataclass(frozen=True)
-class LabelledTexts:
-    texts: list[str]
+class Labelled:
+    """Labelled examples of any family: `inputs` are what its preprocess takes (texts, image paths)."""
+
+    inputs: list[Any]
     labels: list[int]  # indices into label_names
     label_names: list[str]
     source: str
@@ -26,15 +29,17 @@ class LabelledTexts:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.inputs)
 
+    def subset(self, n: int) -> Labelled:
+        return dataclasses.replace(self, inputs=self.inputs[:n], labels=self.labels[:n], source=f"{self.source}[:{n}]",
+                                   extra={})
+
+
+class LabelledTexts(Labelled):
     @property
-    def inputs(self) -> list[str]:
-        """The raw model inputs (what a family's preprocess takes): the texts."""
-        return self.texts
-
-    def subset(self, n: int) -> LabelledTexts:
-        return LabelledTexts(self.texts[:n], self.labels[:n], self.label_names, f"{self.source}[:{n}]", self.sha256)
+    def texts(self) -> list[str]:
+        return self.inputs
 
 
 def data_dir() -> Path:

@@ -4,34 +4,19 @@ or a named dataset (mnist-5k:SPLIT) built into the same layout in the local cach
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from calibration.datasets import Labelled
 from runtime.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-@dataclass(frozen=True)
-class LabelledImages:
-    paths: list[Path]
-    labels: list[int]  # indices into label_names
-    label_names: list[str]
-    source: str
-    sha256: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
+class LabelledImages(Labelled):
     @property
-    def inputs(self) -> list[Path]:
-        """What a pipeline is given for each example (the counterpart of LabelledTexts.texts)."""
-        return self.paths
-
-    def subset(self, n: int) -> LabelledImages:
-        return LabelledImages(self.paths[:n], self.labels[:n], self.label_names, f"{self.source}[:{n}]", self.sha256)
+    def paths(self) -> list[Path]:
+        return self.inputs
 
 
 def named_image_datasets() -> dict[str, Any]:

@@ -16,10 +16,10 @@ from typing import Any, Sequence
 
 
 from exporter.compare import compare, tolerance_for
-from exporter.onnx_export import EXPORTER_DYNAMO, OnnxConfig
+from exporter.onnx_export import EXPORTER_DYNAMO, OnnxConfig, check_graph
 from exporter.stage import Progress, atomic_output, quiet
 from runtime.artifact import Artifact, Step, TensorSpec, digest_of, hash_files, library_versions
-from runtime.errors import ConfigError, ValidationError
+from runtime.errors import ConfigError
 from runtime.session import open_session
 from runtime.tasks.vision import INPUT, ImagePreprocessing
 
@@ -55,7 +55,6 @@ def to_onnx_module(module: Any, example: Any, preprocessing: ImagePreprocessing,
                    out: str | Path, config: OnnxConfig = OnnxConfig(), force: bool = False,
                    progress: Progress = quiet) -> Artifact:
     """Export `module` (called as module(pixel_values) -> logits [batch, len(labels)]) and validate it."""
-    import onnx
     import torch
 
     from runtime.backends.torch_backend import TorchSession
@@ -91,10 +90,7 @@ def to_onnx_module(module: Any, example: Any, preprocessing: ImagePreprocessing,
                 torch.onnx.export(module, (example,), str(model_path), input_names=[INPUT], output_names=["logits"],
                                   dynamic_axes={INPUT: {0: "batch"}, "logits": {0: "batch"}},
                                   opset_version=config.opset, dynamo=EXPORTER_DYNAMO, do_constant_folding=True)
-            try:
-                onnx.checker.check_model(str(model_path), full_check=True)
-            except onnx.checker.ValidationError as e:
-                raise ValidationError(f"onnx.checker rejected the exported graph: {str(e).splitlines()[0]}") from None
+            check_graph(model_path)
             metrics: dict[str, Any] = {}
             if config.validate:
                 progress("validating onnxruntime against the module on seeded feeds")

@@ -118,11 +118,19 @@ def copy_preprocessing(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def check_graph(model_path: Path) -> None:
+    """onnx.checker with full shape inference; its first line is the error."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(model_path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ValidationError(f"onnx.checker rejected the exported graph: {str(e).splitlines()[0]}") from None
+
+
 def to_onnx(artifact: Artifact, config: OnnxConfig, out: str | Path, force: bool = False,
             progress: Progress = quiet) -> Artifact:
     """Export, check with onnx.checker, validate vs torch on seeded feeds; write the artifact atomically."""
-    import onnx
-
     if artifact.format != "hf":
         raise ConfigError(f"to_onnx reads an 'hf' artifact, got {artifact.format!r} ({artifact.path})")
     started = time.perf_counter()
@@ -134,10 +142,7 @@ def to_onnx(artifact: Artifact, config: OnnxConfig, out: str | Path, force: bool
         model_path = staged / "model.onnx"
         progress(f"exporting to ONNX (opset {config.opset}, dynamic batch and sequence)")
         export_graph(model, artifact, model_path, config.opset)
-        try:
-            onnx.checker.check_model(str(model_path), full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ValidationError(f"onnx.checker rejected the exported graph: {str(e).splitlines()[0]}") from None
+        check_graph(model_path)
         metrics: dict[str, Any] = {}
         if config.optimize:
             progress("fusing the graph with onnxruntime's transformer optimizer")
