@@ -172,3 +172,29 @@ def test_families_load_without_heavy_imports():
             "print(sorted(m for m in ('torch', 'transformers', 'tokenizers', 'onnxruntime', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_onnxruntime_tensorrt_provider_options():
+    from runtime.backends.options import OnnxRuntimeOptions
+
+    opts = OnnxRuntimeOptions(provider="tensorrt", trt_cache_dir="/tmp/engines", trt_fp16=True)
+    first, *rest = opts.provider_list("cuda")
+    assert first[0] == "TensorrtExecutionProvider" and rest == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert first[1]["trt_engine_cache_path"] == "/tmp/engines" and first[1]["trt_fp16_enable"] is True
+    assert OnnxRuntimeOptions().provider_list("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(ConfigError, match="options of onnxruntime's TensorRT execution provider"):
+        OnnxRuntimeOptions(trt_fp16=True)
+    with pytest.raises(ConfigError, match="trt_int8 must be True or False"):
+        OnnxRuntimeOptions(provider="tensorrt", trt_int8="yes")
+
+
+def test_onnxruntime_tensorrt_provider_refuses_cpu_and_a_missing_provider(tiny_onnx):
+    from runtime import BackendError, open_session
+
+    with pytest.raises(ConfigError, match="runs on a GPU: use device='cuda'"):
+        open_session(tiny_onnx, "onnxruntime", provider="tensorrt").open()
+    import onnxruntime
+
+    if "TensorrtExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(BackendError, match="install onnxruntime-gpu"):
+            open_session(tiny_onnx, "onnxruntime", device="cuda", provider="tensorrt", trt_fp16=True).open()

@@ -31,12 +31,36 @@ class OnnxRuntimeOptions:
     # False: idle worker threads sleep instead of spinning, leaving the CPU to a server's Python threads
     spinning: bool = True
     provider: str | None = None  # "tensorrt": the TensorRT execution provider (device cuda); None: the device's own
+    # TensorRT execution provider only: where built engines are cached (reused across sessions), and precisions
+    trt_cache_dir: str = ""
+    trt_fp16: bool = False
+    trt_int8: bool = False  # needs a QDQ model (kiln quantize --method nncf-int8): no calibration table is made
 
     def __post_init__(self) -> None:
         _whole("threads", self.threads, 0)
         _flag("spinning", self.spinning)
         if self.provider not in ORT_PROVIDERS:
             raise ConfigError(f"provider must be 'tensorrt' (on cuda) or unset, got {self.provider!r}")
+        _flag("trt_fp16", self.trt_fp16)
+        _flag("trt_int8", self.trt_int8)
+        if not isinstance(self.trt_cache_dir, str):
+            raise ConfigError(f"trt_cache_dir must be a folder path (str), got {type(self.trt_cache_dir).__name__}")
+        if (self.trt_cache_dir or self.trt_fp16 or self.trt_int8) and self.provider != "tensorrt":
+            raise ConfigError("trt_cache_dir, trt_fp16 and trt_int8 are options of onnxruntime's TensorRT execution "
+                              "provider; add provider='tensorrt' (with device='cuda')")
+
+    def provider_list(self, device: str) -> list[Any]:
+        """onnxruntime's providers argument: the chosen provider first (with its options), then its fallbacks
+        (which Kiln refuses to run on silently: see OnnxRuntimeSession)."""
+        if self.provider != "tensorrt":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        trt: dict[str, Any] = {"trt_fp16_enable": self.trt_fp16, "trt_int8_enable": self.trt_int8}
+        if self.trt_int8:
+            trt["trt_int8_use_native_calibration_table"] = False  # explicit QDQ scales, no calibration table
+        if self.trt_cache_dir:
+            trt |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": self.trt_cache_dir,
+                    "trt_timing_cache_enable": True, "trt_timing_cache_path": self.trt_cache_dir}
+        return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import BackendError, InputError
+from runtime.errors import BackendError, ConfigError, InputError
 from runtime.session import Session
-
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
 
 
 def import_onnxruntime() -> Any:
@@ -33,8 +27,10 @@ class OnnxRuntimeSession(Session):
 
     def _open(self) -> None:
         ort = import_onnxruntime()
-        key = "tensorrt" if self.options.provider == "tensorrt" else self.device
-        wanted = PROVIDERS[key]
+        if self.options.provider == "tensorrt" and self.device != "cuda":
+            raise ConfigError("the TensorRT execution provider runs on a GPU: use device='cuda' (--device cuda)")
+        providers = self.options.provider_list(self.device)
+        wanted = [p if isinstance(p, str) else p[0] for p in providers]
         available = ort.get_available_providers()
         if wanted[0] not in available:
             raise BackendError(
@@ -47,7 +43,7 @@ class OnnxRuntimeSession(Session):
         if not self.options.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._sess = ort.InferenceSession(str(self.artifact.model_file), so, providers=wanted)
+            self._sess = ort.InferenceSession(str(self.artifact.model_file), so, providers=providers)
         except Exception as e:  # onnxruntime raises its own untyped errors for corrupt models
             raise BackendError(f"onnxruntime could not load {self.artifact.model_file}: {e}".splitlines()[0]) from None
         active = self._sess.get_providers()
