@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["prune_table", "quant_table", "serve_table", "profile_ops", "batch_scaling",
-                                    "batch_answers", "reliability", "int8_table"])
+                                    "batch_answers", "reliability", "int8_table", "triton_answers"])
 def test_recipe_help(module):
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.runs.{module}", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
