@@ -160,6 +160,15 @@ def check_manifest(d: Any, mpath: Path, root: Path, formats: tuple[str, ...]) ->
         for i, spec in enumerate(specs):
             c.spec(spec, f"{side}[{i}]")
     c.meta(d.get("meta", {}))
+    labels = d.get("meta", {}).get("labels")
+    if labels and d["task"].endswith("-classification") and d["task"] != "token-classification":
+        # one name per class the model outputs: a short or doubled map would answer with the wrong names
+        classes = d["outputs"][0]["shape"][-1] if d["outputs"][0]["shape"] else None
+        if isinstance(classes, int) and sorted(int(k) for k in labels) != list(range(classes)):
+            raise c.fail("meta.labels", f"{len(labels)} label(s)", f"one name for each of the model's {classes} classes "
+                         f"(keys 0..{classes - 1})")
+        if len(set(labels.values())) != len(labels):
+            raise c.fail("meta.labels", sorted(labels.values()), "distinct names")
     for i, step in enumerate(c.list_(d.get("lineage", []), "lineage")):
         c.step(step, f"lineage[{i}]")
     for rel, digest in c.dict_(d.get("files", {}), "files").items():

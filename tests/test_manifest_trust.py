@@ -95,7 +95,7 @@ def inspect(path, *extra):
 def test_verify_names_an_edited_label(tiny_onnx, tmp_path):
     art = copy_of(tiny_onnx, tmp_path / "art")
     assert inspect(art).exit_code == 0
-    edit(art, setitem(("meta", "labels", "1"), "negative"))
+    edit(art, setitem(("meta", "labels", "1"), "swapped"))
     r = inspect(art)
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert r.output.strip() == f"error: {art}: manifest.json edited since it was written: meta.labels changed"
@@ -306,4 +306,19 @@ def test_an_artifact_without_outputs_is_refused(tiny_onnx, tmp_path):
     d["outputs"] = []
     (art / "manifest.json").write_text(json.dumps(d))
     with pytest.raises(ArtifactError, match="malformed field outputs.*at least one tensor spec"):
+        Artifact.load(art)
+
+
+@pytest.mark.parametrize("labels, match", [({"0": "a"}, "one name for each of the model's 2 classes"),
+                                           ({"0": "a", "1": "b", "2": "c"}, "one name for each"),
+                                           ({"0": "same", "1": "same"}, "distinct names")])
+def test_labels_must_match_the_model_outputs(tiny_onnx, tmp_path, labels, match):
+    import shutil
+
+    art = tmp_path / "a"
+    shutil.copytree(tiny_onnx.path, art)
+    d = json.loads((art / "manifest.json").read_text())
+    d["meta"]["labels"] = labels
+    (art / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match=match):
         Artifact.load(art)
