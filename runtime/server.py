@@ -26,7 +26,7 @@ from typing import Any, Callable
 from runtime.artifact import Artifact
 from runtime.backends.options import torch_only
 from runtime.batching import Batcher, BatcherClosed, RequestTimeout
-from runtime.errors import BackendError, ConfigError, InputError, KilnError, OverloadError
+from runtime.errors import BackendError, ConfigError, InputError, KilnError, ModelOutputError, OverloadError
 from runtime.image_requests import TooMany, images_from_json, images_from_multipart
 from runtime.pipeline import TextClassifier
 
@@ -421,12 +421,8 @@ def check_finite(preds: list[Any]) -> None:
     """Refuse to answer NaN/inf: it is not JSON, and it means the model is broken, not that it is unsure."""
     for i, p in enumerate(preds):
         if not all(math.isfinite(v) for v in p.scores.values()):
-            raise ModelOutputNotFinite(f"the model produced non-finite scores for input {i}; the artifact is "
-                                       "corrupt or numerically unstable (run `kiln inspect --verify`)")
-
-
-class ModelOutputNotFinite(KilnError):
-    """The model answered NaN or infinity."""
+            raise ModelOutputError(f"the model produced non-finite scores for input {i}; the artifact is "
+                                   "corrupt or numerically unstable (run `kiln inspect --verify`)", i)
 
 
 def describe_error(e: BaseException) -> str:
