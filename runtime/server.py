@@ -287,9 +287,10 @@ class Service:
                 self.reloads.labels("failed").inc()
                 if not self.config.retry_load:
                     self.fatal = True
-                    log.error("the model failed to load: %s", self.error)
-                    if self.on_fatal:
+                    if self.on_fatal:  # the owner ends the process and says why (kiln serve: one `error:` line)
                         self.on_fatal(self.error)
+                    else:
+                        log.error("the model failed to load: %s", self.error)
                     return
                 log.error("the model failed to load: %s; retrying in %.0f s", self.error, delay)
             if self.draining:

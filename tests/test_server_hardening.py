@@ -252,6 +252,7 @@ def test_a_model_that_cannot_load_ends_the_server_with_the_reason(corrupt_artifa
         proc.kill()
     assert proc.returncode == 1
     assert "error: the model failed to load:" in out and "Traceback" not in out
+    assert out.count("the model failed to load") == 1  # said once, not logged and then repeated
 
 
 def test_retry_load_keeps_trying_and_says_so(corrupt_artifact):
