@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from benchmarks.runs.reliability import raw_send
 from tests.test_server import ThreadServer, free_port, request, wait_ready
 
 pytest.importorskip("uvicorn")
@@ -67,46 +68,12 @@ def test_healthz_and_livez_report_a_dead_worker(tiny_onnx):
         assert status == 503 and "batching worker has stopped" in json.loads(raw)["error"]
 
 
-def raw_http(port, head: bytes, chunks, pause=0.0, timeout=10):
-    """Send a request head and body chunks by hand; return (status, bytes sent). Stops sending when the server answers."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sock.sendall(head)
-    sent = 0
-    sock.setblocking(False)
-    answer = b""
-    try:
-        for chunk in chunks:
-            try:
-                answer += sock.recv(65536)
-            except BlockingIOError:
-                pass
-            if answer:
-                break
-            try:
-                sock.sendall(chunk)
-            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-                break
-            sent += len(chunk)
-            if pause:
-                time.sleep(pause)
-        sock.setblocking(True)
-        sock.settimeout(timeout)
-        while b"\r\n" not in answer:
-            more = sock.recv(65536)
-            if not more:
-                break
-            answer += more
-    finally:
-        sock.close()
-    return int(answer.split(b" ")[1]) if answer else None, sent
-
-
 def test_a_chunked_body_without_content_length_is_cut_at_the_limit(tiny_onnx):
     with ThreadServer(tiny_onnx.path, max_body_bytes=10_000) as s:
         head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
         block = b"x" * 65536
         chunk = b"%x\r\n%s\r\n" % (len(block), block)
-        status, sent = raw_http(s.port, head, (chunk for _ in range(2000)))  # would be 131 MB
+        status, sent = raw_send(s.port, head, (chunk for _ in range(2000)))  # would be 131 MB
         assert status == 413
         assert sent < 16 << 20  # answered long before the whole upload
         assert request(s.port, "POST", "/v1/predict", {"inputs": ["good"]})[0] == 200
@@ -116,7 +83,7 @@ def test_a_client_that_stalls_mid_body_gets_408(tiny_onnx):
     with ThreadServer(tiny_onnx.path, body_timeout_s=0.5) as s:
         head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n"
         t0 = time.perf_counter()
-        status, _ = raw_http(s.port, head, [b'{"inputs": '])
+        status, _ = raw_send(s.port, head, [b'{"inputs": '])
         assert status == 408 and time.perf_counter() - t0 < 5
 
 

@@ -128,16 +128,16 @@ def healthy(port: int, headers: dict[str, str] | None = None) -> bool:
             and call(port, "POST", "/v1/predict", {"inputs": ["a fine film"]}, headers)[0] == 200)
 
 
-def raw_send(port: int, head: bytes, body_chunks: Any, give_up_after: int | None = None) -> int | None:
-    """Send a request by hand; stop sending when the server answers; return the status (None: no answer)."""
+def raw_send(port: int, head: bytes, body_chunks: Any, give_up_after: int | None = None) -> tuple[int | None, int]:
+    """Send a request by hand, stopping when the server answers; return (its status or None, body bytes sent)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    answer = b""
+    answer, sent = b"", 0
     try:
         sock.sendall(head)
         sock.setblocking(False)
         for i, chunk in enumerate(body_chunks):
             if give_up_after is not None and i >= give_up_after:
-                return None  # the client walks away mid-body
+                return None, sent  # the client walks away mid-body
             try:
                 answer += sock.recv(65536)
             except BlockingIOError:
@@ -148,6 +148,7 @@ def raw_send(port: int, head: bytes, body_chunks: Any, give_up_after: int | None
                 sock.sendall(chunk)
             except (BlockingIOError, BrokenPipeError, ConnectionResetError):
                 break
+            sent += len(chunk)
         sock.setblocking(True)
         while b"\r\n" not in answer:
             more = sock.recv(65536)
@@ -158,7 +159,7 @@ def raw_send(port: int, head: bytes, body_chunks: Any, give_up_after: int | None
         pass
     finally:
         sock.close()
-    return int(answer.split(b" ")[1]) if answer.startswith(b"HTTP/") else None
+    return (int(answer.split(b" ")[1]) if answer.startswith(b"HTTP/") else None), sent
 
 
 def cases(artifact: Path, quick: bool, fp32: Path | None = None) -> list[Case]:
@@ -205,7 +206,8 @@ def cases(artifact: Path, quick: bool, fp32: Path | None = None) -> list[Case]:
             block = b"x" * (1 << 20)
             chunk = b"%x\r\n%s\r\n" % (len(block), block)
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                codes = list(pool.map(lambda _: raw_send(s.port, head, (chunk for _ in range(500))), range(4)))
+                answers = list(pool.map(lambda _: raw_send(s.port, head, (chunk for _ in range(500))), range(4)))
+            codes = [code for code, _ in answers]
             stop.set()
             sampler.join()
             grew = peak[0] - base
@@ -218,7 +220,7 @@ def cases(artifact: Path, quick: bool, fp32: Path | None = None) -> list[Case]:
         with Server(artifact, "--body-timeout", "2", "--no-access-log") as s:
             head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
             t0 = time.perf_counter()
-            code = raw_send(s.port, head, [b'{"inputs": '])
+            code, _ = raw_send(s.port, head, [b'{"inputs": '])
             took = time.perf_counter() - t0
             return code == 408 and took < 5 and healthy(s.port), f"status {code} after {took:.1f} s"
 
@@ -249,8 +251,8 @@ def cases(artifact: Path, quick: bool, fp32: Path | None = None) -> list[Case]:
             got = {}
             for name, body in unusual.items():
                 if body is None:
-                    got[name] = raw_send(s.port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-                                         [])
+                    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+                    got[name], _ = raw_send(s.port, head, [])
                 else:
                     got[name] = call(s.port, "POST", "/v1/predict", body)[0]
             ok = all(c is not None and 400 <= c < 500 for c in got.values()) and healthy(s.port)
