@@ -4,8 +4,12 @@ service on each: 32 closed-loop callers of an in-process Batcher, max batch 32 v
 without HTTP). Where TensorRT (or TensorRT-RTX) and a GPU are present, it also builds an fp16 engine and times
 it; otherwise it prints "skipped: no TensorRT" (or "skipped: no GPU").
 
-    python benchmarks/gpu_check.py [--artifact ONNX_CLASSIFIER_DIR] [--model minilm|random] [--batch-sizes 1,8,32,128]
-                                   [--serve-seconds 10]
+    python benchmarks/gpu_check.py [--artifact ONNX_CLASSIFIER_DIR | --checkpoint HF_ARTIFACT_DIR] [--model minilm|random]
+                                   [--batch-sizes 1,8,32,128] [--serve-seconds 10] [--data LABELLED_CSV]
+
+With --data (a labelled file, e.g. movie-snippets' test.csv) and a classifier with real weights (--checkpoint: a
+fine-tuned `hf` artifact, exported here first), it also classifies the whole file end to end on every device and
+dtype and reports accuracy and how many labels agree with onnxruntime fp32 on CPU: "same answers on the GPU".
 
 Needs torch with CUDA, transformers and onnx (the project's H200 image has them, and pytest); uses
 onnxruntime-gpu's CUDA provider where installed (the CPU build is reported as such, never silently used
@@ -119,6 +123,45 @@ def batching_table(art: Path, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
+def accuracy_table(art: Path, data: Path) -> list[dict[str, Any]]:
+    """The whole labelled file end to end (tokenization included, the pipeline's batching), per device/dtype:
+    accuracy, macro-F1, sentences/s and the share of labels equal to onnxruntime fp32 on CPU."""
+    import time
+
+    import numpy as np
+
+    from calibration.sources import labelled_for
+    from runtime.artifact import Artifact
+    from runtime.pipeline import pipeline_for
+
+    a = Artifact.load(art)
+    labelled = labelled_for(a.task, str(data), "text", "label", [a.labels[i] for i in sorted(a.labels)])
+    gold = np.asarray(labelled.labels)
+    rows, ref = [], None
+    for label, opts in [("onnxruntime cpu fp32 (reference)", dict(backend="onnxruntime", device="cpu")),
+                        ("torch cuda fp32", dict(backend="torch", device="cuda")),
+                        ("torch cuda fp16", dict(backend="torch", device="cuda", dtype="float16")),
+                        ("torch cuda bf16", dict(backend="torch", device="cuda", dtype="bfloat16")),
+                        ("torch cuda fp16 + CUDA graphs", dict(backend="torch", device="cuda", dtype="float16",
+                                                               cuda_graphs=True))]:
+        try:
+            with pipeline_for(a, batch_size=32, **opts) as clf:
+                clf.logits(labelled.inputs[:64])  # warm-up (and graph capture) outside the timing
+                started = time.perf_counter()
+                logits = clf.logits(labelled.inputs)
+                seconds = time.perf_counter() - started
+        except KilnError as e:
+            rows.append({"config": label, "accuracy": f"unavailable: {e}"})
+            continue
+        pred = logits.argmax(-1)
+        ref = pred if ref is None else ref
+        m = a.family.metric(pred, gold, len(a.labels))
+        rows.append({"config": label, "n": m["n"], "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
+                     "sentences_per_s": round(len(gold) / seconds, 1),
+                     "labels_equal_to_reference": f"{int((pred == ref).sum())}/{len(gold)}"})
+    return rows
+
+
 def engine_table(art: Path, batch_sizes: list[int], seq_len: int, iters: int) -> list[dict[str, Any]] | str:
     """Build an fp16 TensorRT engine from the ONNX artifact, check it against onnxruntime, time it."""
     from exporter.tensorrt import BuildConfig, to_tensorrt
@@ -147,6 +190,8 @@ def engine_table(art: Path, batch_sizes: list[int], seq_len: int, iters: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifact", type=Path, help="an ONNX text-classification artifact (default: export minilm)")
+    ap.add_argument("--checkpoint", type=Path, help="an `hf` text-classification artifact to export here and time")
+    ap.add_argument("--data", type=Path, help="a labelled CSV (text,label): accuracy per device and dtype")
     ap.add_argument("--batch-sizes", default="1,8,32,128")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--iters", type=int, default=30)
@@ -156,6 +201,12 @@ def main() -> None:
     args = ap.parse_args()
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=Path(__file__).parents[1])
     art, model = args.artifact, str(args.artifact)
+    if art is None and args.checkpoint is not None:
+        from exporter.load import load_checkpoint
+        from exporter.onnx_export import OnnxConfig, to_onnx
+
+        art = to_onnx(load_checkpoint(args.checkpoint), OnnxConfig(), Path(tempfile.mkdtemp()) / "checkpoint-onnx").path
+        model = f"{args.checkpoint} (exported here)"
     if art is None:
         try:
             art, model = export_model(args.model)
@@ -194,6 +245,10 @@ def main() -> None:
         print(f"\nmicro-batching: 32 closed-loop callers, in-process Batcher, {args.serve_seconds:g} s per run")
         print(table(batching_table(art, args.serve_seconds),
                     ["config", "max_batch", "throughput_rps", "p50_ms", "p99_ms", "mean_batch", "errors", "on/off"]))
+    if args.data is not None:
+        print(f"\nend to end on {args.data}: accuracy per device and dtype (batches of 32)")
+        print(table(accuracy_table(art, args.data),
+                    ["config", "n", "accuracy", "macro_f1", "sentences_per_s", "labels_equal_to_reference"]))
     env = capture_environment()
     print(f"\nmodel: {model}\n{env['gpus']} | {env['cpu']} | torch {env['versions'].get('torch')} | "
           f"gpu tests exit {tests.returncode}")
