@@ -30,16 +30,18 @@ def main() -> None:
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (14..20).")
 @click.option("--optimize", is_flag=True, help="Fuse Attention/LayerNorm/Gelu with onnxruntime's optimizer.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled .bin/.pt weights (they can run code).")
+@click.option("--allow-untrained", is_flag=True,
+              help="Export even when the checkpoint lacks some weights (e.g. a classification head): timing only.")
 @force_option
 @json_option
-def export(source: str, task: str | None, out: Path, opset: int, optimize: bool, trust_pickle: bool, force: bool,
-           as_json: bool) -> None:
+def export(source: str, task: str | None, out: Path, opset: int, optimize: bool, trust_pickle: bool,
+           allow_untrained: bool, force: bool, as_json: bool) -> None:
     """Export SOURCE (a model directory, weights file, or `minilm`) to a validated ONNX artifact."""
     from exporter.load import load_checkpoint
     from exporter.onnx_export import OnnxConfig, to_onnx
     from exporter.stage import check_output
 
-    config = OnnxConfig(opset=opset, optimize=optimize)
+    config = OnnxConfig(opset=opset, optimize=optimize, allow_untrained=allow_untrained)
     check_output(out.absolute(), force)  # fail before loading anything heavy
     art = to_onnx(load_checkpoint(source, task, trust_pickle=trust_pickle), config, out, force=force, progress=progress)
     emit(art.to_manifest() | {"path": str(art.path)}, as_json, lambda: describe(art))

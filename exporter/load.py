@@ -192,6 +192,12 @@ def load_torch_model(artifact: Artifact, attn_implementation: str | None = None,
     return model.float().eval()
 
 
+def untrained_parameters(model: Any) -> list[str]:
+    """Parameters the checkpoint did not hold, which transformers initialised at random (e.g. a classification
+    head on a checkpoint saved without one), as its own loading report named them."""
+    return list(getattr(model, "kiln_untrained", []))
+
+
 def check_finite_weights(model: Any, origin: Path | str) -> None:
     """Refuse parameters holding NaN/inf: bytes corrupted in place keep a valid file, and a NaN in one
     embedding row only shows when a text uses that token, so output validation alone can miss it."""

@@ -12,10 +12,10 @@ from typing import Any, Iterator
 
 from exporter.architectures import fusion_type
 from exporter.compare import compare, tolerance_for
-from exporter.load import TOKENIZER_FILES, check_finite_weights, load_torch_model
+from exporter.load import TOKENIZER_FILES, check_finite_weights, load_torch_model, untrained_parameters
 from exporter.stage import Progress, atomic_output, finish, quiet
 from runtime.artifact import Artifact
-from runtime.errors import ConfigError, ValidationError
+from runtime.errors import ConfigError, SourceError, ValidationError
 from runtime.session import open_session
 
 # The TorchScript exporter (dynamo=False), with eager attention, gives graphs onnxruntime's
@@ -32,6 +32,8 @@ class OnnxConfig:
     optimize: bool = False  # run onnxruntime's transformer fusions (Attention, SkipLayerNorm, Gelu)
     validate: bool = True
     seed: int = 0
+    # export parameters the checkpoint lacks (transformers initialises them at random): timing only
+    allow_untrained: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.opset, int) or self.opset not in OPSETS:
@@ -139,11 +141,19 @@ def to_onnx(artifact: Artifact, config: OnnxConfig, out: str | Path, force: bool
         progress(f"loading {artifact.meta.get('model_type', '')} model from {artifact.path}")
         model = load_torch_model(artifact, attn_implementation=EXPORT_ATTENTION)
         check_finite_weights(model, artifact.path)
+        untrained = untrained_parameters(model)
+        if untrained and not config.allow_untrained:
+            raise SourceError(
+                f"{artifact.path} holds no trained weights for {', '.join(untrained[:4])}"
+                f"{f' (+{len(untrained) - 4} more)' if len(untrained) > 4 else ''}: as a {artifact.task} model its "
+                f"answers would be random. Fine-tune it first (kiln finetune), export the task it was trained for"
+                f"{' (--task feature-extraction)' if artifact.task != 'feature-extraction' else ''}, "
+                "or pass --allow-untrained to export it anyway (for timing only)")
         model_path = staged / "model.onnx"
         progress(f"exporting to ONNX (opset {config.opset}, dynamic batch and sequence)")
         export_graph(model, artifact, model_path, config.opset)
         check_graph(model_path)
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = {"untrained_parameters": untrained} if untrained else {}
         if config.optimize:
             progress("fusing the graph with onnxruntime's transformer optimizer")
             metrics["fused_ops"] = fuse_graph(model_path, artifact.meta)

@@ -133,3 +133,36 @@ def test_manifest_lineage_is_json(tiny_onnx):
     assert [s["stage"] for s in d["lineage"]] == ["load", "to_onnx"]
     assert len(d["lineage"][-1]["inputs_sha256"]) == 64 and len(d["lineage"][-1]["outputs_sha256"]) == 64
     assert d["lineage"][-1]["inputs_sha256"] != d["lineage"][-1]["outputs_sha256"]
+
+
+def test_a_checkpoint_without_the_tasks_head_is_refused_not_exported_with_a_random_one(tmp_path):
+    """An encoder saved without a classification head, exported as a classifier, would answer at random."""
+    from tests.conftest import build_tiny
+
+    src = build_tiny(tmp_path / "encoder", task="feature-extraction")  # no classifier.* weights
+    with pytest.raises(SourceError, match=r"no trained weights for classifier\.weight, classifier\.bias.*--allow-untrained"):
+        to_onnx(load_checkpoint(src, "text-classification"), OnnxConfig(), tmp_path / "cls")
+    assert not (tmp_path / "cls").exists()  # nothing half-written
+    art = to_onnx(load_checkpoint(src, "text-classification"), OnnxConfig(allow_untrained=True), tmp_path / "cls")
+    step = art.lineage[-1]
+    assert step.config["allow_untrained"] is True
+    assert step.metrics["untrained_parameters"] == ["classifier.weight", "classifier.bias"]
+    # the task it was saved for exports as before, and a full classifier checkpoint is not flagged
+    assert "untrained_parameters" not in to_onnx(load_checkpoint(src, "feature-extraction"), OnnxConfig(),
+                                                 tmp_path / "fe").lineage[-1].metrics
+
+
+def test_cli_export_names_the_flag_for_a_missing_head(tmp_path):
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+    from tests.conftest import build_tiny
+
+    src = build_tiny(tmp_path / "encoder", task="feature-extraction")
+    r = CliRunner().invoke(main, ["export", str(src), "--task", "text-classification", "-o", str(tmp_path / "o")])
+    last = r.output.strip().splitlines()[-1]
+    assert r.exit_code != 0 and last.startswith("error: ") and "--allow-untrained" in last
+    assert "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["export", str(src), "--task", "text-classification", "-o", str(tmp_path / "o"),
+                                  "--allow-untrained"])
+    assert r.exit_code == 0, r.output

@@ -84,7 +84,12 @@ def from_pretrained_any(auto_class: Any, model_dir: str, **kwargs: Any) -> Any:
 
     config = transformers.AutoConfig.from_pretrained(model_dir)
     if getattr(config, STRUCTURE_KEY, None) is None:
-        return auto_class.from_pretrained(model_dir, **kwargs)
+        model, info = auto_class.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+        # parameters initialised at random because the checkpoint lacks them (buffers such as position_ids aside);
+        # a new head asked for with num_labels is expected, and the caller decides whether the rest is
+        names = {n for n, _ in model.named_parameters()}
+        model.kiln_untrained = [k for k in info.get("missing_keys", []) if k in names]
+        return model
     return build_structured(auto_class, model_dir, config, **kwargs)
 
 
