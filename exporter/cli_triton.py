@@ -25,9 +25,10 @@ from exporter.cli_common import emit, force_option, json_option, progress
 @click.option("--instances", default=1, show_default=True, type=int, help="Model instances (instance_group count).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="Where ONNX models run (KIND_CPU / KIND_GPU); TensorRT engines always run on the GPU.")
-@click.option("--sequence-length", default=0, show_default=True, type=int,
+@click.option("--sequence-length", default=None, type=int,
               help="Pad every request to this many tokens so all can batch (0: to a multiple of 8, so only equal "
-                   "lengths batch; with the stand-in backend 64 gave 2.2x the throughput: benchmarks/results/triton.md).")
+                   "lengths batch). Default: the model's max length when it is at most 128 tokens, else 0 "
+                   "(benchmarks/results/triton.md: padding to 64 served 2.2x the requests of 0).")
 @click.option("--ort-threads", default=0, show_default=True, type=int,
               help="onnxruntime intra-op threads per instance (0: the backend's default).")
 @click.option("--ort-graph-optimization/--no-ort-graph-optimization", default=True, show_default=True,
@@ -36,7 +37,7 @@ from exporter.cli_common import emit, force_option, json_option, progress
 @json_option
 def export_triton(artifacts: tuple[Path, ...], out: Path, names: tuple[str, ...], max_batch_size: int,
                   preferred_batch_sizes: str, max_queue_delay_us: int, max_queue_size: int, queue_timeout_us: int,
-                  instances: int, kind: str, sequence_length: int, ort_threads: int, ort_graph_optimization: bool,
+                  instances: int, kind: str, sequence_length: int | None, ort_threads: int, ort_graph_optimization: bool,
                   force: bool, as_json: bool) -> None:
     """Write a Triton model repository: per text classifier, the model, a tokenizer and a label model, and
     an ensemble that takes raw text (TEXT) and answers LABEL and SCORES."""

@@ -17,14 +17,15 @@ Defaults and why (benchmarks/results/, 2-core CPU, onnxruntime):
   batch-scaling.md found fastest.
 - bounded queue of 256 with a 10 s timeout, rejected beyond: kiln serve's --max-queue and --timeout, so
   overload is a fast error, never an unbounded backlog.
-- sequence_length 0 (each request padded to a multiple of 8 tokens): batch-scaling.md shows padding is
-  what costs most on a CPU (a batch of 32 padded to its longest: 273 sentences/s, below batch 1's 387).
-  Triton's dynamic batcher only joins requests of equal shape, so with this default it batches requests
-  of the same length bucket; on a GPU, where padding is cheap, --sequence-length 128 lets every request
-  join a batch. Measured since (benchmarks/results/triton.md, the real core with the stand-in onnxruntime
-  backend, fine-tuned int8 MiniLM at max length 64, 32 clients): this default formed batches of 1.3 and
-  served 75 requests/s, --sequence-length 64 batches of 14.6 and 166/s. Until the default is revisited,
-  give --sequence-length the artifact's max length when it is short.
+- sequence_length: by default the artifact's max length when that is at most 128 tokens (every request
+  padded to it, so any requests can share a batch), else 0 (each request padded to a multiple of 8 tokens,
+  so only requests of one length bucket batch). Triton's dynamic batcher only joins requests of equal shape.
+  Measured (benchmarks/results/triton.md, the real core with the stand-in onnxruntime backend, fine-tuned
+  int8 MiniLM at max length 64, 32 clients): padding to a multiple of 8 formed batches of 1.3 and served
+  75 requests/s; padding to 64 formed batches of 14.6 and served 166/s. Padding to 512 costs a CPU far more
+  than the batching gains (batch-scaling.md: a batch of 32 padded to its longest, 273 sentences/s, was
+  below batch 1's 387), hence the 128-token limit; on a GPU, where padding is cheap, pass
+  --sequence-length 128 or more.
 - 1 instance, KIND_CPU: one instance with the cores to itself (batch-scaling.md: 2 threads beat 1);
   more instances multiply memory and contend for the same cores. KIND_GPU for TensorRT engines.
 """
@@ -68,7 +69,7 @@ class TritonConfig:
     queue_timeout_microseconds: int = 10_000_000
     instance_count: int = 1
     kind: str = "KIND_CPU"
-    sequence_length: int = 0  # 0: pad each request to a multiple of 8 tokens; N: pad every request to N
+    sequence_length: int | None = None  # None: auto_sequence_length; 0: a multiple of 8 tokens; N: pad to N
     ort_intra_op_threads: int = 0  # onnxruntime backend; 0: its default (all cores)
     ort_graph_optimization: bool = True  # onnxruntime backend: graph optimizations on (level 1) or off (-1)
     names: tuple[str, ...] = field(default=())  # one per artifact; default: each artifact directory's name
@@ -83,7 +84,7 @@ class TritonConfig:
             raise ConfigError(f"preferred batch sizes must be in 1..max_batch_size ({self.max_batch_size}), "
                               f"got {', '.join(map(str, bad))}")
         for name in ("max_queue_delay_microseconds", "ort_intra_op_threads", "sequence_length"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_queue_size < 1 or self.queue_timeout_microseconds < 1:
             raise ConfigError("the queue must be bounded: max_queue_size and queue_timeout_microseconds must be "
@@ -281,6 +282,17 @@ def external_data(art: Artifact) -> dict[str, Path]:
     return {f.name: f for f in art.path.iterdir() if f.is_file() and f.name.endswith((".onnx.data", ".onnx_data"))}
 
 
+AUTO_FIXED_MAX = 128  # pad every request to the max length only up to this many tokens (module docstring)
+
+
+def auto_sequence_length(art: Artifact, config: TritonConfig) -> int:
+    """The fixed length every request of this model is padded to (0: a multiple of PAD_MULTIPLE)."""
+    if config.sequence_length is not None:
+        return config.sequence_length
+    max_length = int(art.meta.get("max_length", 512))
+    return max_length if max_length <= AUTO_FIXED_MAX else 0
+
+
 def write_text_model(staged: Path, role: str, mc: Any, art: Artifact, config: TritonConfig) -> None:
     here = Path(__file__).parent
     if role == "ensemble":
@@ -289,7 +301,7 @@ def write_text_model(staged: Path, role: str, mc: Any, art: Artifact, config: Tr
         # the model's own input dtypes: a TensorRT engine may take int32 ids where ONNX takes int64
         settings = {"inputs": {s.name: s.dtype for s in art.inputs}, "max_length": int(art.meta.get("max_length", 512)),
                     "pad_token_id": int(art.meta.get("pad_token_id", 0)), "pad_multiple": PAD_MULTIPLE,
-                    "sequence_length": config.sequence_length}
+                    "sequence_length": auto_sequence_length(art, config)}
         tokenizer = art.path / art.meta.get("tokenizer", "tokenizer.json")
         if not tokenizer.is_file() or not tokenizer.resolve().is_relative_to(art.path.resolve()):
             raise ArtifactError(f"{art.path}: no tokenizer ({tokenizer.name}) inside the artifact; re-export it")

@@ -335,3 +335,18 @@ def test_engine_profile_limits_max_batch_size(tiny_onnx, tmp_path):
     assert set(settings["inputs"].values()) == {"int32"}
     pre = parse_config((tmp_path / "r" / "engine_preprocess" / "config.pbtxt").read_text())
     assert {t.data_type for t in pre.output} == {8}  # TYPE_INT32
+
+
+@pytest.mark.parametrize("max_length, option, padded_to", [(64, None, 64), (128, None, 128), (512, None, 0),
+                                                           (64, 0, 0), (512, 256, 256)])
+def test_default_pads_short_models_to_their_max_length(tiny_onnx, tmp_path, max_length, option, padded_to):
+    """Triton batches only equal shapes: padding every request of a short model to its max length let
+    requests batch (166 against 75 requests/s in benchmarks/results/triton.md); long models pad to x8."""
+    art = tmp_path / "art"
+    shutil.copytree(tiny_onnx.path, art)
+    a = Artifact.load(art)
+    Artifact(art, a.format, a.task, a.inputs, a.outputs, a.lineage, {**a.meta, "max_length": max_length},
+             a.files).write_manifest()
+    to_triton([art], TritonConfig(sequence_length=option), tmp_path / "r")
+    settings = json.loads((tmp_path / "r" / "art_preprocess" / "1" / "kiln-preprocess.json").read_text())
+    assert settings["sequence_length"] == padded_to
