@@ -147,9 +147,11 @@ def accuracy_table(art: Path, data: Path) -> list[dict[str, Any]]:
         try:
             with pipeline_for(a, batch_size=32, **opts) as clf:
                 clf.logits(labelled.inputs[:64])  # warm-up (and graph capture) outside the timing
-                started = time.perf_counter()
-                logits = clf.logits(labelled.inputs)
-                seconds = time.perf_counter() - started
+                passes = []
+                for _ in range(2):  # the first pass meets each batch shape for the first time, the second does not
+                    started = time.perf_counter()
+                    logits = clf.logits(labelled.inputs)
+                    passes.append(time.perf_counter() - started)
         except KilnError as e:
             rows.append({"config": label, "accuracy": f"unavailable: {e}"})
             continue
@@ -157,7 +159,8 @@ def accuracy_table(art: Path, data: Path) -> list[dict[str, Any]]:
         ref = pred if ref is None else ref
         m = a.family.metric(pred, gold, len(a.labels))
         rows.append({"config": label, "n": m["n"], "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
-                     "sentences_per_s": round(len(gold) / seconds, 1),
+                     "sentences_per_s": round(len(gold) / passes[0], 1),
+                     "second_pass_per_s": round(len(gold) / passes[1], 1),
                      "labels_equal_to_reference": f"{int((pred == ref).sum())}/{len(gold)}"})
     return rows
 
@@ -248,7 +251,8 @@ def main() -> None:
     if args.data is not None:
         print(f"\nend to end on {args.data}: accuracy per device and dtype (batches of 32)")
         print(table(accuracy_table(art, args.data),
-                    ["config", "n", "accuracy", "macro_f1", "sentences_per_s", "labels_equal_to_reference"]))
+                    ["config", "n", "accuracy", "macro_f1", "sentences_per_s", "second_pass_per_s",
+                     "labels_equal_to_reference"]))
     env = capture_environment()
     print(f"\nmodel: {model}\n{env['gpus']} | {env['cpu']} | torch {env['versions'].get('torch')} | "
           f"gpu tests exit {tests.returncode}")
