@@ -13,8 +13,9 @@ INTERVAL_S = 10.0  # a CI log line every 10 s says the run is alive without floo
 class Ticker:
     """`update(done)` after each unit of work; the first line comes only once the phase has run INTERVAL_S."""
 
-    def __init__(self, progress: Callable[[str], None], label: str, total: int, interval_s: float = INTERVAL_S) -> None:
-        self.progress, self.label, self.total, self.interval_s = progress, label, total, interval_s
+    def __init__(self, progress: Callable[[str], None], label: str, total: int, interval_s: float | None = None) -> None:
+        self.progress, self.label, self.total = progress, label, total
+        self.interval_s = INTERVAL_S if interval_s is None else interval_s
         self.started = self.last = time.monotonic()
         self.tick = getattr(progress, "tick", None)
 

@@ -429,8 +429,9 @@ def check_port(host: str, port: int) -> None:
             s.bind(address)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} is in use on {host} (another server?); choose another with --port "
-                                  "or stop what listens there") from None
+                # not a usage mistake (exit 2) but the machine's state: exit 1, like a model that cannot load
+                raise KilnError(f"port {port} is in use on {host} (another server?); choose another with --port "
+                                "or stop what listens there") from None
             if e.errno == errno.EACCES:
                 raise ConfigError(f"port {port} on {host} needs privileges this user does not have; choose a port "
                                   "above 1023 with --port") from None
