@@ -56,6 +56,8 @@ class PruneConfig:
     samples: int = 512  # structured: training examples used to score importance
     recover_steps: int = 0  # structured: fine-tuning steps after removal
     recover_lr: float = 5e-5
+    # recovery: steps between evaluations on the dev data (None: four over the run); each one reads the whole set
+    recover_eval_every: int | None = None
     distill: bool = False  # recovery learns from the unpruned model's logits as well as the labels
     batch_size: int = 32
     max_length: int | None = None  # default: the model's own (from its manifest)
@@ -79,6 +81,8 @@ class PruneConfig:
         for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.recover_eval_every is not None and self.recover_eval_every < 1:
+            raise ConfigError(f"--eval-every must be >= 1, got {self.recover_eval_every}")
         if self.recover_steps < 0:
             raise ConfigError(f"--recover-steps must be >= 0, got {self.recover_steps}")
         if self.distill and self.recover_steps == 0:
@@ -296,7 +300,7 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
                 progress(f"recovering with {config.recover_steps} fine-tuning steps" + (" + distillation" if teacher else ""))
                 loop = LoopConfig(epochs=1, max_steps=config.recover_steps, lr=config.recover_lr,
                                   batch_size=config.batch_size, warmup_ratio=0.06, weight_decay=0.01, grad_clip=1.0,
-                                  seed=config.seed, patience=None, eval_every=max(config.recover_steps // 4, 1))
+                                  seed=config.seed, patience=None, eval_every=config.recover_eval_every or max(config.recover_steps // 4, 1))
                 result = train_(model, tr, dv, input_names, loop, teacher=teacher, progress=progress, show_bar=show_bar)
                 metrics["recovery"] = {"steps": result.steps, "seconds": result.seconds, "history": result.history}
         else:

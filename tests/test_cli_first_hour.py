@@ -174,3 +174,12 @@ def test_loadtest_stops_when_the_server_went_away(monkeypatch, tmp_path):
     one_line_error(r, "refused every connection for 0.2 s")
     assert time.perf_counter() - started < 30  # it stopped, rather than spinning for the whole --duration
 
+
+
+def test_prune_recovery_evaluations_can_be_fewer(tiny_bert, tmp_path):
+    data = write_csv(tmp_path / "d.csv", sentiment_rows(16))
+    r = run("prune", tiny_bert, "-o", tmp_path / "p", "--heads", "0.25", "--data", data, "--eval-data", data,
+            "--samples", "8", "--recover-steps", "4", "--eval-every", "4", "--json")
+    assert r.exit_code == 0, r.output
+    # was: always four full passes over the dev data during recovery
+    assert len(json.loads(r.stdout)["lineage"][-1]["metrics"]["recovery"]["history"]) == 1

@@ -1,10 +1,11 @@
-"""The `kiln` command line. Each command module builds a config, calls one API function and prints a human
-summary or --json; errors become one line in one place (group.KilnGroup). Commands by workflow:
+"""The `kiln` command line. Each command builds a config, calls one API function and prints a human summary or
+--json; errors become one line in one place (group.KilnGroup). One module per command group:
 
-make    export, finetune, prune, quantize, optimize, build, export-triton   (export, finetune, prune, quantize, build)
-check   inspect, eval, bench, doctor                                         (inspect, eval, bench)
-run     predict, serve, loadtest                                             (predict, serve, loadtest)
-release keygen, sign, verify                                                 (release)
+make     export.py (export, optimize), finetune.py, prune.py, quantize.py, build.py (build, export-triton)
+check    inspect.py (inspect, doctor), evaluate.py (eval), bench.py
+run      predict.py, serve.py, loadtest.py
+release  release.py (keygen, sign, verify)
+shared   common.py (options, progress, output), describe.py (artifact summaries), vision.py (image helpers)
 """
 
 from __future__ import annotations

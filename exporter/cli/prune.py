@@ -31,6 +31,8 @@ from exporter.cli.describe import describe
 @click.option("--samples", default=512, show_default=True, type=int, help="Examples used to score importance.")
 @click.option("--recover-steps", default=0, show_default=True, type=int, help="Fine-tuning steps after removal.")
 @click.option("--recover-lr", default=5e-5, show_default=True, type=float, help="Learning rate of the recovery.")
+@click.option("--eval-every", type=int, help="Recovery: steps between evaluations on --eval-data (default: four "
+              "evaluations over the recovery; each reads the whole set).")
 @click.option("--distill", is_flag=True, help="Recovery also learns the unpruned model's logits.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling and recovery.")
 @data_options
@@ -38,7 +40,8 @@ from exporter.cli.describe import describe
 @json_option
 def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, sparsity: float | None, pattern: str | None,
           scope: str, data: str | None, eval_data: str | None, samples: int, recover_steps: int, recover_lr: float,
-          distill: bool, seed: int, text_column: str, label_column: str, force: bool, as_json: bool) -> None:
+          eval_every: int | None, distill: bool, seed: int, text_column: str, label_column: str, force: bool,
+          as_json: bool) -> None:
     """Make a classifier smaller: structured (--heads/--ffn/--layers), unstructured (--sparsity) or 2:4 (--pattern 2:4)."""
     from calibration.datasets import load_labelled
     from exporter.cli.vision import refuse_vision_prune
@@ -49,7 +52,8 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
 
     config = PruneConfig(kind=kind_of(layers, heads, ffn, sparsity, pattern), layers=layers, heads=heads, ffn=ffn,
                          sparsity=sparsity if sparsity is not None else 0.5, scope=scope, samples=samples,
-                         recover_steps=recover_steps, recover_lr=recover_lr, distill=distill, seed=seed)
+                         recover_steps=recover_steps, recover_lr=recover_lr, recover_eval_every=eval_every,
+                         distill=distill, seed=seed)
     check_output(out.absolute(), force)
     refuse_vision_prune(artifact)
     source = load_checkpoint(artifact, "text-classification")
