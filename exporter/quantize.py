@@ -300,6 +300,8 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         if config.max_accuracy_drop is not None:
             assert eval_data is not None
             guard_batches = GUARD_BATCH_SIZES.get(config.method, (64,))
+            progress(f"measuring accuracy of the fp32 and {config.method} models on {len(eval_data)} examples"
+                     + (f" (batches of {' and '.join(map(str, guard_batches))})" if len(guard_batches) > 1 else ""))
             guard = GuardResult(accuracy_of(artifact, eval_data), accuracy_of(q_art, eval_data, guard_batches))
             guard.iterations.append({"excluded": 0, "accuracy": guard.accuracy, "drop_points": guard.drop_points})
             progress(f"accuracy fp32 {guard.accuracy_fp32:.4f}, {config.method} {guard.accuracy:.4f} "
