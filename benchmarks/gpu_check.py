@@ -93,9 +93,7 @@ def sample_texts(artifact: Path, n: int = 512, seed: int = 0) -> list[str]:
 def batching_table(art: Path, seconds: float) -> list[dict[str, Any]]:
     """Throughput of 32 closed-loop callers through a Batcher, max batch 32 vs 1, per device."""
     from benchmarks.load import batcher_target, closed_loop
-    from runtime.batching import Batcher
-    from runtime.pipeline import TextClassifier
-    from runtime.server import length_bucket
+    from runtime.batched import batched_classifier
 
     texts = sample_texts(art)
     rows = []
@@ -106,13 +104,13 @@ def batching_table(art: Path, seconds: float) -> list[dict[str, Any]]:
         rps = {}
         for max_batch in (32, 1):
             try:
-                with TextClassifier(art, batch_size=max_batch, **opts) as clf:
-                    clf.warm_up_shapes()  # with CUDA graphs: capture the bucket shapes before timing
-                    with Batcher(clf.predict_encoded, max_batch, 0, 4096, bucket=length_bucket) as b:
-                        closed_loop(batcher_target(b, clf.encode), texts, 32, min(2.0, seconds))  # warm-up
-                        calls, items = b.stats.batches, b.stats.completed
-                        r = closed_loop(batcher_target(b, clf.encode), texts, 32, seconds).summary()
-                        mean = (b.stats.completed - items) / max(1, b.stats.batches - calls)
+                # warm_up_shapes inside: with CUDA graphs the bucket shapes are captured before timing
+                with batched_classifier(art, max_batch, 0, 4096, **opts) as bc:
+                    b, clf = bc.batcher, bc.clf
+                    closed_loop(batcher_target(b, clf.encode), texts, 32, min(2.0, seconds))  # warm-up
+                    calls, items = b.stats.batches, b.stats.completed
+                    r = closed_loop(batcher_target(b, clf.encode), texts, 32, seconds).summary()
+                    mean = (b.stats.completed - items) / max(1, b.stats.batches - calls)
             except KilnError as e:
                 rows.append({"config": label, "max_batch": max_batch, "throughput_rps": f"unavailable: {e}"})
                 break

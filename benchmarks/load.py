@@ -23,7 +23,16 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, KilnError
+
+# a connection the server refused was never answered: an error, and not counted in `answered`
+NOT_ANSWERED = ("refused",)
+GIVE_UP_S = 3.0  # every connection refused for this long: the server went away, stop rather than spin
+BACKOFF_S = (0.05, 1.0)  # a refused sender waits 50 ms, doubling to 1 s, before its next try
+
+
+class ServerGone(KilnError):
+    """The server refused every connection for GIVE_UP_S seconds."""
 
 Target = Callable[[str], Awaitable[str]]  # send one text; return "ok" or an error kind ("503", "timeout", ...)
 
@@ -38,6 +47,7 @@ class LoadResult:
     error_latencies_ms: list[float] = field(default_factory=list)
     client_cpu_s: float = 0.0
     client_stats: dict[str, int] = field(default_factory=dict)
+    in_process: bool = False  # the "client" shares the process with the model: its CPU time is the model's
 
     def record(self, outcome: str, ms: float) -> None:
         self.outcomes[outcome] += 1
@@ -46,10 +56,11 @@ class LoadResult:
     def summary(self) -> dict[str, Any]:
         ok = np.asarray(self.ok_latencies_ms) if self.ok_latencies_ms else np.zeros(1)
         err = np.asarray(self.error_latencies_ms) if self.error_latencies_ms else None
-        answered = sum(self.outcomes.values())
-        return {
+        finished = sum(self.outcomes.values())
+        answered = finished - sum(self.outcomes.get(k, 0) for k in NOT_ANSWERED)
+        out = {
             "mode": self.mode, "duration_s": round(self.duration_s, 2), "sent": self.sent, "answered": answered,
-            "lost": self.sent - answered, "ok": self.outcomes.get("ok", 0),
+            "lost": self.sent - finished, "ok": self.outcomes.get("ok", 0),
             "errors": {k: v for k, v in sorted(self.outcomes.items()) if k != "ok"},
             "throughput_rps": round(self.outcomes.get("ok", 0) / self.duration_s, 2),
             "p50_ms": round(float(np.percentile(ok, 50)), 2), "p90_ms": round(float(np.percentile(ok, 90)), 2),
@@ -58,6 +69,9 @@ class LoadResult:
             "client_cpu_pct": round(100 * self.client_cpu_s / self.duration_s, 1),
             **self.client_stats,
         }
+        if self.in_process:
+            del out["client_cpu_pct"]
+        return out
 
 
 class _Connection:
@@ -149,14 +163,30 @@ def _post_target(url: str, route: str, body_for: Callable[[str], Any], timeout_s
         return encoded[text]
 
     stats: Counter = Counter()
+    state: dict[str, Any] = {"refused_since": None, "gone": None, "answered": 0}
 
     def make() -> Target:
         conn = _Connection(host, port, stats)
+        backoff = [BACKOFF_S[0]]
 
         async def send(text: str) -> str:
             try:
                 status = await asyncio.wait_for(conn.post(request_for(text)), timeout_s)
+                state["refused_since"], backoff[0] = None, BACKOFF_S[0]
+                state["answered"] += 1
                 return "ok" if status == 200 else str(status)
+            except ConnectionRefusedError:
+                conn.close()
+                now = time.perf_counter()
+                state["refused_since"] = state["refused_since"] or now
+                if now - state["refused_since"] >= GIVE_UP_S:
+                    state["gone"] = state["gone"] or ServerGone(
+                        f"{url} refused every connection for {GIVE_UP_S:g} s (the server went away?); "
+                        f"{state['answered']} request(s) were answered before that")
+                    raise state["gone"]
+                await asyncio.sleep(backoff[0])  # never a tight loop against a closed port
+                backoff[0] = min(backoff[0] * 2, BACKOFF_S[1])
+                return "refused"
             except asyncio.TimeoutError:
                 conn.close()
                 return "timeout"
@@ -165,6 +195,7 @@ def _post_target(url: str, route: str, body_for: Callable[[str], Any], timeout_s
                 return type(e).__name__
         return send
     make.stats = stats  # type: ignore[attr-defined]  # read by closed_loop/open_loop into their result
+    make.state = state  # type: ignore[attr-defined]  # open_loop stops scheduling once the server is gone
     return make
 
 
@@ -183,6 +214,7 @@ def batcher_target(batcher: Any, encode: Callable[[list[str]], list[Any]]) -> Ca
             except RequestTimeout:
                 return "timeout"
         return send
+    make.in_process = True  # type: ignore[attr-defined]
     return make
 
 
@@ -200,6 +232,7 @@ def _run(coro: Awaitable[LoadResult], make_target: Callable[[], Target]) -> Load
     result.client_cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     if stats is not None:
         result.client_stats = {k: v - before.get(k, 0) for k, v in stats.items()}
+    result.in_process = bool(getattr(make_target, "in_process", False))
     return result
 
 
@@ -242,13 +275,19 @@ def open_loop(make_target: Callable[[], Target], texts: Sequence[str], rate: flo
         async def one(text: str, scheduled: float) -> None:
             async with slots:  # beyond max_in_flight the wait counts as latency: it is measured from `scheduled`
                 send = idle.pop() if idle else make_target()
-                outcome = await send(text)
+                try:
+                    outcome = await send(text)
+                except ServerGone:
+                    return  # the scheduling loop below raises it
                 idle.append(send)
             result.record(outcome, (time.perf_counter() - scheduled) * 1000)
 
         started = time.perf_counter()
         next_at = started
+        state = getattr(make_target, "state", {})
         while next_at < started + duration_s:
+            if state.get("gone"):
+                raise state["gone"]
             delay = next_at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -263,3 +302,39 @@ def open_loop(make_target: Callable[[], Target], texts: Sequence[str], rate: flo
         return result
 
     return _run(main(), make_target)
+
+
+def load_target(target: str, protocol: str = "kiln", model: str = "", api_key: str = "", max_batch_size: int = 32,
+                max_delay_ms: float = 0.0, max_queue: int = 256) -> Any:
+    """A context manager giving the sender factory for TARGET: a running `kiln serve` or Triton (http://host:port),
+    or an artifact path, opened in-process as a classifier with a Batcher in front (closed on exit)."""
+    import contextlib
+
+    if protocol not in ("kiln", "triton"):
+        raise ConfigError(f"unknown protocol {protocol!r}; valid: kiln, triton")
+    if (protocol == "triton") != bool(model):
+        raise ConfigError("--protocol triton needs --model NAME, and --model applies only to --protocol triton")
+    if protocol == "triton" and "://" not in target:
+        raise ConfigError(f"--protocol triton loads a running Triton server: TARGET must be http://host:port, "
+                          f"got {target!r}")
+
+    @contextlib.contextmanager
+    def opened() -> Any:
+        if protocol == "triton":
+            yield triton_target(target, model)
+        elif "://" in target:
+            yield http_target(target, api_key=api_key)
+        else:
+            from runtime.batched import batched_classifier
+
+            with batched_classifier(target, max_batch_size, max_delay_ms, max_queue) as b:
+                yield batcher_target(b.batcher, b.clf.encode)
+    return opened()
+
+
+def run_load(make_target: Callable[[], Target], texts: Sequence[str], concurrency: int = 32,
+             rate: float | None = None, duration_s: float = 20.0) -> LoadResult:
+    """Open loop at `rate` requests/s when given, else `concurrency` closed-loop clients."""
+    if rate:
+        return open_loop(make_target, texts, rate, duration_s)
+    return closed_loop(make_target, texts, concurrency, duration_s)

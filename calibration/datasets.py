@@ -174,3 +174,15 @@ def load_labelled(source: str | Path, text_column: str = "text", label_column: s
             raise DataError(f"{path}, line {n}: label {raw!r} is not in the label map {names}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return LabelledTexts(texts, labels, names, str(source), digest, {"path": str(path)})
+
+
+def texts_from(texts: Sequence[str] = (), file: str | Path | None = None, csv_path: str | Path | None = None,
+               column: str = "text") -> list[str]:
+    """Texts given exactly one way: as strings, a file of lines, or a CSV/TSV/JSONL column (what `kiln predict` takes)."""
+    from runtime.errors import ConfigError
+
+    if sum(bool(x) for x in (texts, file, csv_path)) != 1:
+        raise ConfigError("give exactly one of: TEXT arguments, --file lines.txt, or --csv data.csv")
+    if texts:
+        return list(texts)
+    return load_texts(file, lines=True) if file else load_texts(csv_path, column, lines=False)  # type: ignore[arg-type]

@@ -172,6 +172,8 @@ def load_torch_model(artifact: Artifact, attn_implementation: str | None = None,
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     weights = artifact.path / artifact.model_meta.weights_file
     try:
+        quiet = quiet_transformers(transformers)
+        quiet.__enter__()
         if weights.name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
             from runtime.backends.torch_structure import from_pretrained_any
 
@@ -189,6 +191,8 @@ def load_torch_model(artifact: Artifact, attn_implementation: str | None = None,
         # EOFError would otherwise reach click, which reports it as "interrupted"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SourceError(f"could not load the model from {weights}: {first}") from None
+    finally:
+        quiet.__exit__(None, None, None)
     return model.float().eval()
 
 
@@ -196,6 +200,22 @@ def untrained_parameters(model: Any) -> list[str]:
     """Parameters the checkpoint did not hold, which transformers initialised at random (e.g. a classification
     head on a checkpoint saved without one), as its own loading report named them."""
     return list(getattr(model, "kiln_untrained", []))
+
+
+class quiet_transformers:  # noqa: N801 - used like a function
+    """transformers' LOAD REPORT (raw colour codes, `classifier.weight | MISSING` for the head Kiln is about to
+    train) and its num_labels note say nothing a Kiln user can act on: only its errors pass while loading. Weights a
+    model truly lacks are refused by Kiln's own checks (runtime.backends.torch_backend, load_state_)."""
+
+    def __init__(self, transformers: Any) -> None:
+        self.log = transformers.utils.logging
+
+    def __enter__(self) -> None:
+        self.before = self.log.get_verbosity()
+        self.log.set_verbosity_error()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.log.set_verbosity(self.before)
 
 
 def check_finite_weights(model: Any, origin: Path | str) -> None:

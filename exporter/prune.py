@@ -16,6 +16,7 @@ import numpy as np
 
 from calibration.datasets import LabelledTexts
 from exporter.load import load_torch_model
+from exporter.progress import ticker
 from exporter.stage import Progress, atomic_output, finish, quiet
 from exporter.training import LoopConfig, collate, encode, evaluate, train_
 from runtime.artifact import Artifact
@@ -33,6 +34,17 @@ KINDS = ("structured", "unstructured", "2:4")
 SCOPES = ("global", "layer")
 
 
+def kind_of(layers: int = 0, heads: float = 0.0, ffn: float = 0.0, sparsity: float | None = None,
+            pattern: str | None = None) -> str:
+    """The one kind of pruning asked for by these amounts (the CLI's --layers/--heads/--ffn, --sparsity, --pattern)."""
+    chosen = [k for k, on in (("structured", heads or ffn or layers), ("unstructured", sparsity is not None),
+                              ("2:4", pattern)) if on]
+    if len(chosen) != 1:
+        raise ConfigError("choose one kind: --layers/--heads/--ffn (structured), --sparsity (unstructured) "
+                          "or --pattern 2:4")
+    return chosen[0]
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     kind: str = "structured"
@@ -44,6 +56,8 @@ class PruneConfig:
     samples: int = 512  # structured: training examples used to score importance
     recover_steps: int = 0  # structured: fine-tuning steps after removal
     recover_lr: float = 5e-5
+    # recovery: steps between evaluations on the dev data (None: four over the run); each one reads the whole set
+    recover_eval_every: int | None = None
     distill: bool = False  # recovery learns from the unpruned model's logits as well as the labels
     batch_size: int = 32
     max_length: int | None = None  # default: the model's own (from its manifest)
@@ -67,6 +81,8 @@ class PruneConfig:
         for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.recover_eval_every is not None and self.recover_eval_every < 1:
+            raise ConfigError(f"--eval-every must be >= 1, got {self.recover_eval_every}")
         if self.recover_steps < 0:
             raise ConfigError(f"--recover-steps must be >= 0, got {self.recover_steps}")
         if self.distill and self.recover_steps == 0:
@@ -75,7 +91,8 @@ class PruneConfig:
 
 # -- structured ------------------------------------------------------------------------------------
 
-def taylor_importance(model: Any, enc: Any, input_names: list[str], batch_size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def taylor_importance(model: Any, enc: Any, input_names: list[str], batch_size: int,
+                      progress: Progress = quiet) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per head and per FFN neuron: sum over batches of |sum of w * dL/dw| over the unit's weights.
 
     The first-order Taylor estimate of how much the loss changes if the unit is removed
@@ -91,8 +108,10 @@ def taylor_importance(model: Any, enc: Any, input_names: list[str], batch_size: 
     neurons = [np.zeros(layer.intermediate.dense.out_features) for layer in layers]
     model.eval()  # dropout off: scores reflect the model as it will run
     labels = torch.tensor(enc.labels)
+    tick = ticker(progress, "scoring heads and FFN neurons", len(enc.ids))
     for start in range(0, len(enc.ids), batch_size):
         idx = list(range(start, min(start + batch_size, len(enc.ids))))
+        tick.update(start)
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(**collate(enc, idx, input_names)).logits, labels[idx]).backward()
         with torch.no_grad():
@@ -106,6 +125,7 @@ def taylor_importance(model: Any, enc: Any, input_names: list[str], batch_size: 
                 contrib = contrib + (ffn_out.weight * ffn_out.weight.grad).sum(0)
                 neurons[li] += contrib.abs().numpy()
     model.zero_grad(set_to_none=True)
+    tick.update(len(enc.ids))
     return heads, neurons
 
 
@@ -123,7 +143,8 @@ def mean_loss(model: Any, enc: Any, input_names: list[str], batch_size: int) -> 
     return total / len(enc.ids)
 
 
-def layer_importance(model: Any, enc: Any, input_names: list[str], batch_size: int) -> list[float]:
+def layer_importance(model: Any, enc: Any, input_names: list[str], batch_size: int,
+                     progress: Progress = quiet) -> list[float]:
     """Per encoder layer: how much the loss on the sample rises when that layer alone is skipped."""
     import torch
 
@@ -132,12 +153,15 @@ def layer_importance(model: Any, enc: Any, input_names: list[str], batch_size: i
     model.eval()
     base = mean_loss(model, enc, input_names, batch_size)
     scores = []
+    tick = ticker(progress, "scoring encoder layers", len(layers))
     try:
         for i in range(len(layers)):
+            tick.update(i)
             encoder.layer = torch.nn.ModuleList(layers[:i] + layers[i + 1:])
             scores.append(mean_loss(model, enc, input_names, batch_size) - base)
     finally:
         encoder.layer = torch.nn.ModuleList(layers)
+    tick.update(len(layers))
     return scores
 
 
@@ -248,7 +272,7 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
         before = count_parameters(model)
         metrics: dict[str, Any] = {"parameters_before": before}
         if dv is not None:
-            metrics["eval_before"] = evaluate(model, dv, input_names)
+            metrics["eval_before"] = evaluate(model, dv, input_names, progress=progress)
         if config.kind == "structured":
             assert train is not None
             tr = encode(tokenizer, train, max_length)
@@ -259,24 +283,24 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
                 n_layers = len(encoder_layers(model))
                 if config.layers >= n_layers:
                     raise ConfigError(f"--layers {config.layers} would remove every layer; the model has {n_layers}")
-                scores = layer_importance(model, sample, input_names, config.batch_size)
+                scores = layer_importance(model, sample, input_names, config.batch_size, progress)
                 drop = sorted(sorted(range(n_layers), key=lambda i: scores[i])[:config.layers])
                 metrics["layers"] = {"loss_increase_when_skipped": [round(x, 5) for x in scores], "removed": drop,
                                      "kept": remove_layers_(model, drop)}
                 progress(f"removed encoder layers {drop} (loss increase when skipped: {[round(x, 4) for x in scores]})")
-            head_scores, ffn_scores = taylor_importance(model, sample, input_names, config.batch_size)
+            head_scores, ffn_scores = taylor_importance(model, sample, input_names, config.batch_size, progress)
             rh = choose_removed(head_scores, config.heads, min_keep=1) if config.heads else [[] for _ in head_scores]
             rn = choose_removed(ffn_scores, config.ffn, min_keep=1) if config.ffn else [[] for _ in ffn_scores]
             kept = remove_units_(model, rh, rn)
             metrics["structure"] = kept
             progress(f"kept heads per layer {kept['heads']}, FFN neurons per layer {kept['ffn']}")
             if dv is not None:
-                metrics["eval_after_removal"] = evaluate(model, dv, input_names)
+                metrics["eval_after_removal"] = evaluate(model, dv, input_names, progress=progress)
             if config.recover_steps:
                 progress(f"recovering with {config.recover_steps} fine-tuning steps" + (" + distillation" if teacher else ""))
                 loop = LoopConfig(epochs=1, max_steps=config.recover_steps, lr=config.recover_lr,
                                   batch_size=config.batch_size, warmup_ratio=0.06, weight_decay=0.01, grad_clip=1.0,
-                                  seed=config.seed, patience=None, eval_every=max(config.recover_steps // 4, 1))
+                                  seed=config.seed, patience=None, eval_every=config.recover_eval_every or max(config.recover_steps // 4, 1))
                 result = train_(model, tr, dv, input_names, loop, teacher=teacher, progress=progress, show_bar=show_bar)
                 metrics["recovery"] = {"steps": result.steps, "seconds": result.seconds, "history": result.history}
         else:
@@ -285,7 +309,7 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
             metrics["sparsity"] = per.pop("total")
             progress(f"{config.kind}: {metrics['sparsity']:.3f} of encoder weights are zero ({len(per)} matrices)")
         if dv is not None:
-            metrics["eval"] = evaluate(model, dv, input_names)
+            metrics["eval"] = evaluate(model, dv, input_names, progress=progress)
         metrics["parameters_after"] = count_parameters(model)
         model.save_pretrained(str(staged), safe_serialization=True)
         tokenizer.save_pretrained(str(staged))

@@ -221,8 +221,13 @@ def output_error(ref: Any, cand: Any, feeds: list[dict[str, np.ndarray]]) -> flo
 
 
 def sensitivity(pre: Path, staged: Artifact, cfg: QuantConfig, calib: list[dict[str, np.ndarray]] | None,
-                feeds: list[dict[str, np.ndarray]], progress: Progress) -> list[dict[str, Any]]:
-    """Per quantizable node: the output error when only that node is quantized, worst first."""
+                feeds: list[dict[str, np.ndarray]], progress: Progress, cache: Path | None = None) -> list[dict[str, Any]]:
+    """Per quantizable node: the output error when only that node is quantized, worst first.
+
+    `cache`: the range cache the full quantization wrote (or --calib-cache gave): every node's run reads its
+    ranges there instead of calibrating again (and without calibration texts there is nothing else to read)."""
+    from exporter.progress import ticker
+
     nodes = quantizable_nodes(pre, tuple(o for o in cfg.op_types if o not in cfg.exclude_op_types))
     progress(f"sensitivity analysis over {len(nodes)} nodes (each quantized alone)")
     rows = []
@@ -232,13 +237,16 @@ def sensitivity(pre: Path, staged: Artifact, cfg: QuantConfig, calib: list[dict[
         one = tmp / "one.onnx"
         fp32 = Artifact(tmp, "onnx", staged.task, staged.inputs, staged.outputs, meta={"model_file": pre.name})
         shutil.copy2(pre, tmp / pre.name)
+        tick = ticker(progress, "sensitivity analysis", len(nodes))
         with open_session(fp32) as ref:
-            for node in nodes:
+            for i, node in enumerate(nodes):
+                tick.update(i)
                 others = [n for n in nodes if n != node]
-                run_method(pre, one, cfg, others, calib, None)
+                run_method(pre, one, cfg, others, calib, cache if cache is not None and cache.is_file() else None)
                 cand_art = Artifact(tmp, "onnx", staged.task, staged.inputs, staged.outputs, meta={"model_file": one.name})
                 with open_session(cand_art) as cand:
                     rows.append({"node": node, "error": output_error(ref, cand, feeds)})
+            tick.update(len(nodes))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sorted(rows, key=lambda r: -r["error"])
@@ -287,11 +295,13 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         metrics: dict[str, Any] = {"fused_ops": fused}
         ranking: list[dict[str, Any]] | None = None
         if report:
-            ranking = sensitivity(pre, q_art, config, calib, (calib or val_feeds)[:8], progress)
+            ranking = sensitivity(pre, q_art, config, calib, (calib or val_feeds)[:8], progress, cache)
             metrics["sensitivity"] = ranking
         if config.max_accuracy_drop is not None:
             assert eval_data is not None
             guard_batches = GUARD_BATCH_SIZES.get(config.method, (64,))
+            progress(f"measuring accuracy of the fp32 and {config.method} models on {len(eval_data)} examples"
+                     + (f" (batches of {' and '.join(map(str, guard_batches))})" if len(guard_batches) > 1 else ""))
             guard = GuardResult(accuracy_of(artifact, eval_data), accuracy_of(q_art, eval_data, guard_batches))
             guard.iterations.append({"excluded": 0, "accuracy": guard.accuracy, "drop_points": guard.drop_points})
             progress(f"accuracy fp32 {guard.accuracy_fp32:.4f}, {config.method} {guard.accuracy:.4f} "
@@ -299,7 +309,7 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
             k = 1
             while guard.drop_points > config.max_accuracy_drop and len(guard.iterations) <= config.max_guard_iterations:
                 if ranking is None:
-                    ranking = sensitivity(pre, q_art, config, calib, (calib or val_feeds)[:8], progress)
+                    ranking = sensitivity(pre, q_art, config, calib, (calib or val_feeds)[:8], progress, cache)
                     metrics["sensitivity"] = ranking
                 if k > len(ranking):
                     break
@@ -334,3 +344,18 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         metrics["size_mb"] = {"fp32": round(artifact.model_file.stat().st_size / 1e6, 2),
                               "quantized": round(model.stat().st_size / 1e6, 2)}
         return finish(staged, out, q_art, artifact, "quantize", asdict(config), started, metrics)
+
+
+def calibration_set(artifact: Artifact, source: str | Path, config: Any, text_column: str = "text",
+                    samples: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The calibration feeds `quantize` takes, from a dataset name or file (texts, or images for a vision model),
+    shaped the way `config`'s method needs them: nncf-int8 one item per feed padded to config.calib_pad_length;
+    percentile/entropy one shape for every batch; minmax batches of each length."""
+    from calibration.sources import raw_for
+
+    raw = raw_for(artifact.task, source, text_column)
+    n = samples if samples is not None else getattr(config, "calib_samples", 256)
+    if config.method == "nncf-int8":
+        return artifact.family.calibration_feeds(artifact, raw, n, batch_size=1,
+                                                 pad_to=getattr(config, "calib_pad_length", 0) or None)
+    return artifact.family.calibration_feeds(artifact, raw, n, fixed_shape=getattr(config, "calibrator", "minmax") != "minmax")

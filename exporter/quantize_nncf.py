@@ -225,3 +225,17 @@ def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration:
         metrics["size_mb"] = {"fp32": round(artifact.model_file.stat().st_size / 1e6, 2),
                               "quantized": round((staged / "model.onnx").stat().st_size / 1e6, 2)}
         return finish(staged, out, q_art, artifact, "quantize", asdict(config), started, metrics)
+
+
+def nncf_config_for(calib_data: str | None = None, **settings: Any) -> NncfConfig:
+    """An NncfConfig that records the calibration data's name and sha256 (a file's; a named dataset's split) for
+    the lineage."""
+    import hashlib
+
+    from calibration.datasets import resolve
+
+    digest = ""
+    if calib_data:
+        path, _ = resolve(calib_data)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    return NncfConfig(calib_data=calib_data or "", calib_data_sha256=digest, **settings)

@@ -64,23 +64,29 @@ def collate(enc: Encoded, idx: Sequence[int], input_names: Sequence[str], device
     return {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
 
 
-def predict_logits(model: Any, enc: Encoded, input_names: Sequence[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+def predict_logits(model: Any, enc: Encoded, input_names: Sequence[str], batch_size: int = 64, device: str = "cpu",
+                   progress: Progress = quiet) -> np.ndarray:
     import torch
+
+    from exporter.progress import ticker
 
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
     out = np.zeros((len(order), model.config.num_labels), dtype=np.float32)
     was_training = model.training
     model.eval()
+    tick = ticker(progress, f"evaluating on {len(order)} examples", len(order))
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             out[idx] = model(**collate(enc, idx, input_names, device)).logits.float().cpu().numpy()
+            tick.update(s + len(idx))
     model.train(was_training)
     return out
 
 
-def evaluate(model: Any, enc: Encoded, input_names: Sequence[str], device: str = "cpu") -> dict[str, Any]:
-    logits = predict_logits(model, enc, input_names, device=device)
+def evaluate(model: Any, enc: Encoded, input_names: Sequence[str], device: str = "cpu",
+             progress: Progress = quiet) -> dict[str, Any]:
+    logits = predict_logits(model, enc, input_names, device=device, progress=progress)
     return classification_metrics(logits.argmax(-1), np.asarray(enc.labels), model.config.num_labels)
 
 
@@ -161,7 +167,7 @@ def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequenc
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", best_acc=f"{max(best_acc, 0):.4f}")
             if dev is not None and (step % eval_every == 0 or step == total):
-                metrics = evaluate(model, dev, input_names, device) | {"step": step, "loss": round(running, 5)}
+                metrics = evaluate(model, dev, input_names, device, progress) | {"step": step, "loss": round(running, 5)}
                 result.history.append({k: v for k, v in metrics.items() if k != "confusion"})
                 progress(f"step {step}/{total}: loss {running:.4f}, eval accuracy {metrics['accuracy']:.4f}, "
                          f"macro-F1 {metrics['macro_f1']:.4f}")

@@ -187,6 +187,20 @@ class Artifact:
             return [MANIFEST]
         return changed_fields(d)
 
+    def check_integrity(self) -> bool | None:
+        """Raise ArtifactError naming every file changed since export and every manifest field edited since it
+        was written; return whether the manifest's own content was covered (None: an older Kiln recorded no
+        digests of it, so only the files were checked)."""
+        bad, changed = self.verify(), self.verify_manifest()
+        problems = []
+        if bad:
+            problems.append(f"{len(bad)} file(s) missing or changed since export: {', '.join(bad)}")
+        if changed:
+            problems.append(f"manifest.json edited since it was written: {', '.join(changed)} changed")
+        if problems:
+            raise ArtifactError(f"{self.path}: {'; '.join(problems)}")
+        return None if changed is None else True
+
     def source_path(self) -> Path | None:
         """The artifact this one was made from (for opening the torch reference), if recorded."""
         for step in reversed(self.lineage):

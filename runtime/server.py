@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from runtime.artifact import Artifact
 from runtime.backends.options import torch_only
+from runtime.batched import BUCKET_TOKENS, batched_classifier, length_bucket  # noqa: F401 - the server's names too
 from runtime.batching import Batcher, BatcherClosed, RequestTimeout
 from runtime.errors import BackendError, ConfigError, InputError, KilnError, ModelOutputError, OverloadError
 from runtime.image_requests import TooMany, images_from_json, images_from_multipart
@@ -32,15 +33,9 @@ from runtime.pipeline import TextClassifier
 
 SERVED_TASKS = ("text-classification", "image-classification")
 
-BUCKET_TOKENS = 32  # requests whose token counts fall in the same 32-token band share a batch
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MIN_API_KEY_CHARS = 16
 log = logging.getLogger("kiln.serve")
-
-
-def length_bucket(encoding: Any) -> int:
-    """The Batcher bucket of one tokenized input: its 32-token band."""
-    return len(encoding.ids) // BUCKET_TOKENS
 
 
 @dataclass(frozen=True)
@@ -247,7 +242,6 @@ class Service:
         art = Artifact.load(path)
         if art.task not in SERVED_TASKS:
             raise ConfigError(f"kiln serve serves {' and '.join(SERVED_TASKS)} artifacts; {source} is {art.task!r}")
-        vision = art.family.name == "vision"
         options: dict[str, Any] = {"threads": c.threads} if c.threads else {}
         if c.dtype:
             options["dtype"] = c.dtype
@@ -255,22 +249,10 @@ class Service:
             options["cuda_graphs"] = True
         if c.backend in ("auto", "onnxruntime") and art.format == "onnx":
             options["spinning"] = c.spinning
-        from runtime.pipeline import pipeline_for
-
-        clf = pipeline_for(art, backend=c.backend, device=c.device, batch_size=c.max_batch_size, **options)
-        try:
-            for _ in range(c.warmup):  # first runs pay for kernel selection and arena growth
-                n = min(8, c.max_batch_size)
-                check_finite(clf.predict(clf.example_inputs(n) if vision else ["warm up the model"] * n))
-            clf.warm_up_shapes()  # with CUDA graphs: capture every bucket shape before reporting ready
-            # images all have the model's one shape: no length buckets
-            batcher = Batcher(clf.predict_encoded, c.max_batch_size, c.max_delay_ms, c.max_queue,
-                              bucket=None if vision else length_bucket, timeout_s=c.request_timeout_s,
-                              on_batch=self._on_batch)
-        except BaseException:
-            clf.close()
-            raise
-        return Model(art, clf, batcher, time.time(), source, path.parent if path != source else None)
+        b = batched_classifier(art, c.max_batch_size, c.max_delay_ms, c.max_queue, timeout_s=c.request_timeout_s,
+                               on_batch=self._on_batch, warmup=c.warmup, check=check_finite, backend=c.backend,
+                               device=c.device, **options)
+        return Model(art, b.clf, b.batcher, time.time(), source, path.parent if path != source else None)
 
     def start(self) -> None:
         """The first load (in a background thread): exit on failure, or retry with backoff under retry_load."""
@@ -430,6 +412,32 @@ def describe_error(e: BaseException) -> str:
     return str(e) if isinstance(e, KilnError) else f"{type(e).__name__}: {e}"
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a port that something already listens on (before loading a model or saying
+    "serving on"); uvicorn would otherwise log its own error in another format and exit with status 3."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host!r} is not an address this machine can bind ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT socket is no conflict
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                # not a usage mistake (exit 2) but the machine's state: exit 1, like a model that cannot load
+                raise KilnError(f"port {port} is in use on {host} (another server?); choose another with --port "
+                                "or stop what listens there") from None
+            if e.errno == errno.EACCES:
+                raise ConfigError(f"port {port} on {host} needs privileges this user does not have; choose a port "
+                                  "above 1023 with --port") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def serve(artifact: str | Path | Artifact, config: ServeConfig) -> None:
     """Run until SIGINT/SIGTERM; uvicorn then stops accepting, finishes in-flight requests, and we drain.
 
@@ -438,6 +446,7 @@ def serve(artifact: str | Path | Artifact, config: ServeConfig) -> None:
     from runtime.http_protocol import protocol_with_head_deadline
 
     _, uvicorn, _ = import_serving()
+    check_port(config.host, config.port)
     holder: dict[str, Any] = {}
 
     def stop(reason: str) -> None:

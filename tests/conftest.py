@@ -14,7 +14,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is ever downloaded from a model hu
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "movie-snippets"
+SHARED_DATA = REPO.parent / "shared" / "data" / "movie-snippets"  # a copy some machines keep beside the repo
+# the user's dataset cache (read before the session fixture points KILN_DATA_DIR at a temporary folder):
+# real-sentence tests get movie-snippets the way `kiln` does, built there on first use and reused after
+USER_DATA = Path(os.environ.get("KILN_DATA_DIR") or Path.home() / ".cache" / "kiln" / "data")
 
 WORDS = ("the a an movie film story acting plot is was not very good great bad boring fun dull "
          "beautiful awful , . ! ' and but it this too long short").split()
@@ -101,12 +104,24 @@ def model_copy(tiny_bert: Path, tmp_path: Path) -> Path:
     return dst
 
 
+def movie_snippets() -> Path:
+    """The movie-snippets folder as a user gets it: the sibling shared copy if there is one, else the user's cache,
+    built there on first use (pip download of the vaderSentiment sdist, sha256 checked); skips only when neither
+    exists and PyPI cannot be reached."""
+    from calibration.movie_snippets import ensure_movie_snippets
+    from runtime.errors import DataError
+
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    try:
+        return ensure_movie_snippets(USER_DATA)
+    except DataError as e:
+        pytest.skip(f"movie-snippets is not cached and could not be built: {e}")
+
+
 def dev_sentences(n: int) -> list[str]:
-    """Real movie-review sentences from the shared data (skips when the folder is absent)."""
-    path = SHARED_DATA / "dev.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    with open(path, newline="", encoding="utf-8") as f:
+    """Real movie-review sentences (the movie-snippets dev split)."""
+    with open(movie_snippets() / "dev.csv", newline="", encoding="utf-8") as f:
         return [row["text"] for _, row in zip(range(n), csv.DictReader(f))]
 
 
@@ -121,10 +136,13 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session", autouse=True)
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """KILN_DATA_DIR for the whole run; seeded from ../shared so CI does not depend on the download."""
+    """KILN_DATA_DIR for the whole run (tests never write into the user's cache), seeded with movie-snippets from
+    ../shared or the user's cache when either has it, so named-dataset tests need no download."""
     root = tmp_path_factory.mktemp("kiln-data")
-    if SHARED_DATA.is_dir():
-        shutil.copytree(SHARED_DATA, root / "movie-snippets", ignore=shutil.ignore_patterns("LICENSE.txt"))
+    for source in (SHARED_DATA, USER_DATA / "movie-snippets"):
+        if all((source / f"{split}.csv").is_file() for split in ("train", "dev", "test")):
+            shutil.copytree(source, root / "movie-snippets", ignore=shutil.ignore_patterns("LICENSE.txt"))
+            break
     os.environ["KILN_DATA_DIR"] = str(root)
     return root
 

@@ -86,7 +86,7 @@ def test_doctor(tmp_path):
     (["predict", "{art}", "--file", "{tmp}/missing.txt"], "missing.txt does not exist"),
     (["predict", "{art}", "--csv", "{tmp}/bad.csv"], "has no column 'text'"),
     (["predict", "{art}", "--file", "{tmp}/latin1.txt"], "is not UTF-8"),
-    (["predict", "{art}", "x", "--backend", "tvm"], "unknown backend 'tvm'"),
+    (["predict", "{art}", "x", "--backend", "tvm"], "'tvm' is not one of 'auto', 'onnxruntime'"),
     (["predict", "{art}", "x", "--device", "cuda"], "cuda requested"),
     (["bench", "{art}", "--batch-sizes", "1,zero"], "--batch-sizes must be comma-separated positive integers"),
     (["bench", "{art}", "--seq-len", "4096"], "exceeds the model's maximum length"),

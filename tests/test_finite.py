@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from exporter.cli import main
-from exporter.cli_common import emit
+from exporter.cli.common import emit
 from exporter.compare import compare
 from runtime import Artifact, KilnError, SourceError, TensorSpec, ValidationError
 from runtime.errors import ModelOutputError

@@ -100,7 +100,7 @@ def test_bad_input_one_line_each(tiny_onnx, tmp_path, monkeypatch):
     monkeypatch.undo()
     for args, message in [([], "nncf-int8 needs calibration data"),
                           (["--calib-data", write_csv(tmp_path / "h.csv", [])], "has a header but no rows"),
-                          (["--preset", "fast"], "unknown preset 'fast'")]:
+                          (["--preset", "fast"], "'fast' is not one of 'performance', 'mixed'")]:
         one_line_error(run("quantize", tiny_onnx.path, "--method", "nncf-int8", "-o", tmp_path / "o", *args), message)
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.kiln-tmp-*"))
 

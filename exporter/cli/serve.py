@@ -1,4 +1,4 @@
-"""`kiln serve` and `kiln loadtest`."""
+"""`kiln serve`: an HTTP server over a classifier and its micro-batcher (the work is runtime/server.py)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ from pathlib import Path
 
 import click
 
-from exporter.cli_common import (backend_option, cuda_graphs_option, device_option, dtype_option, emit, json_option,
-                                 progress)
+from exporter.cli.common import (
+    backend_option, cuda_graphs_option, device_option, dtype_option, example, progress,
+)
 from runtime.artifact import Artifact
-from runtime.errors import ConfigError, KilnError
+from runtime.errors import ConfigError
 
 
-@click.command()
+@click.command(epilog=example("kiln serve ft-int8 --port 8000",
+                              "curl -s localhost:8000/v1/predict -d '{\"inputs\": [\"A gripping film.\"]}'"))
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (localhost by default).")
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--max-batch-size", default=32, show_default=True, type=int, help="1 turns batching off.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port to listen on.")
+@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="1 turns batching off.")
 @click.option("--max-delay-ms", default=0.0, show_default=True, type=float,
               help="Longest wait for a batch to fill (0: start when the model is free).")
 @click.option("--max-queue", default=256, show_default=True, type=int, help="Waiting inputs before 503 overload.")
@@ -59,7 +61,7 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
     import logging
     import os
 
-    from runtime.server import SERVED_TASKS, ServeConfig, import_serving, read_api_key
+    from runtime.server import SERVED_TASKS, ServeConfig, check_port, import_serving, read_api_key
     from runtime.server import serve as run_server
 
     config = ServeConfig(host=host, port=port, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
@@ -74,6 +76,7 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
     if art.task not in SERVED_TASKS:
         raise ConfigError(f"kiln serve serves {' and '.join(SERVED_TASKS)} artifacts; {artifact} is {art.task!r}")
     import_serving()
+    check_port(host, port)  # before "serving on": a busy port is one error line, not a start and a crash
     logging.basicConfig(level=logging.INFO, format="[kiln %(asctime)s] %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("kiln.access").setLevel(logging.INFO if access_log else logging.WARNING)
@@ -82,63 +85,3 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
     progress(f"serving {art.path} on {scheme}://{host}:{port} (batch <= {max_batch_size}, delay <= {max_delay_ms} ms, "
              f"{auth})")
     run_server(art, config)
-
-
-@click.command()
-@click.argument("target")
-@click.option("--concurrency", default=32, show_default=True, type=int, help="Closed-loop clients.")
-@click.option("--rate", type=float, help="Open loop: Poisson arrivals per second (instead of --concurrency).")
-@click.option("--duration", default=20.0, show_default=True, type=float, help="Seconds of load.")
-@click.option("--data", default="movie-snippets:test", show_default=True, help="Texts to send (one per request).")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--max-batch-size", default=32, show_default=True, type=int, help="In-process mode only.")
-@click.option("--max-delay-ms", default=0.0, show_default=True, type=float, help="In-process mode only.")
-@click.option("--max-queue", default=256, show_default=True, type=int, help="In-process mode only.")
-@click.option("--protocol", type=click.Choice(["kiln", "triton"]), default="kiln", show_default=True,
-              help="HTTP mode: kiln serve's /v1/predict, or Triton's KServe v2 /v2/models/MODEL/infer.")
-@click.option("--model", default="", help="--protocol triton: the model to call (the ensemble export-triton wrote).")
-@click.option("--api-key-file", type=click.Path(path_type=Path),
-              help="kiln serve with authentication: send this token (or set KILN_API_KEY).")
-@json_option
-def loadtest(target: str, concurrency: int, rate: float | None, duration: float, data: str, text_column: str,
-             max_batch_size: int, max_delay_ms: float, max_queue: int, protocol: str, model: str,
-             api_key_file: Path | None, as_json: bool) -> None:
-    """Load a running server (TARGET = http://host:port) or an in-process Batcher (TARGET = an artifact)."""
-    from benchmarks.load import batcher_target, closed_loop, http_target, open_loop, triton_target
-    from calibration.datasets import load_texts
-    from runtime.batching import Batcher
-    from runtime.pipeline import TextClassifier
-    from runtime.server import length_bucket
-
-    if (protocol == "triton") != bool(model):
-        raise ConfigError("--protocol triton needs --model NAME, and --model applies only to --protocol triton")
-    if protocol == "triton" and "://" not in target:
-        raise ConfigError(f"--protocol triton loads a running Triton server: TARGET must be http://host:port, "
-                          f"got {target!r}")
-    texts = load_texts(data, text_column)
-    clf = batcher = None
-    if protocol == "triton":
-        make = triton_target(target, model)
-    elif "://" in target:
-        import os
-
-        from runtime.server import read_api_key
-
-        make = http_target(target, api_key=read_api_key(api_key_file, os.environ.get("KILN_API_KEY")))
-    else:
-        clf = TextClassifier(target, batch_size=max_batch_size)
-        batcher = Batcher(clf.predict_encoded, max_batch_size, max_delay_ms, max_queue, bucket=length_bucket)
-        make = batcher_target(batcher, clf.encode)
-    try:
-        progress(f"{'open loop at ' + str(rate) + '/s' if rate else f'{concurrency} closed-loop clients'} "
-                 f"for {duration:g}s against {target}")
-        result = open_loop(make, texts, rate, duration) if rate else closed_loop(make, texts, concurrency, duration)
-    finally:
-        if batcher:
-            batcher.close()
-        if clf:
-            clf.close()
-    summary = result.summary()
-    emit(summary, as_json, lambda: "\n".join(f"{k:<14} {v}" for k, v in summary.items()))
-    if summary["sent"] and not summary["ok"]:  # a CI step must not pass on a run where nothing succeeded
-        raise KilnError(f"no request succeeded ({summary['sent']} sent; errors {summary['errors']})")

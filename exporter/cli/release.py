@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from exporter.cli_common import emit, json_option
+from exporter.cli.common import emit, example, json_option
 from runtime.errors import ConfigError
 from runtime.signing import SignatureInfo, generate_key_pair, sign_artifact, verify_artifact  # lean: no library yet
 
@@ -17,7 +17,7 @@ def describe_signature(info: SignatureInfo, verb: str) -> str:
                       f"files     {len(info.files)}: {', '.join(info.files)}"])
 
 
-@click.command()
+@click.command(epilog=example("kiln sign ft-int8 --key keys/private.pem"))
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--key", required=True, type=click.Path(path_type=Path),
               help="PEM elliptic-curve private key (P-256, P-384 or P-521); `kiln keygen` makes one.")
@@ -35,7 +35,7 @@ def sign(artifact: Path, key: Path, password_env: str | None, as_json: bool) -> 
     emit(info.to_dict(), as_json, lambda: describe_signature(info, "signed  "))
 
 
-@click.command()
+@click.command(epilog=example("kiln verify ft-int8 --pub keys/public.pem"))
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--pub", required=True, type=click.Path(path_type=Path), help="PEM public key of the signer.")
 @json_option
@@ -45,7 +45,7 @@ def verify(artifact: Path, pub: Path, as_json: bool) -> None:
     emit(info.to_dict() | {"verified": True}, as_json, lambda: describe_signature(info, "verified"))
 
 
-@click.command()
+@click.command(epilog=example("kiln keygen -o keys"))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Directory for private.pem (mode 0600) and public.pem.")
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")

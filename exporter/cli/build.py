@@ -1,4 +1,5 @@
-"""`kiln export-triton`: a Triton Inference Server model repository from Kiln artifacts."""
+"""`kiln build` (ONNX -> TensorRT engine, exporter/tensorrt.py) and `kiln export-triton` (a Triton model
+repository, exporter/triton.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,46 @@ from pathlib import Path
 
 import click
 
-from exporter.cli_common import emit, force_option, json_option, progress
+from exporter.cli.common import choice, emit, example, force_option, int_list, json_option, output_option, progress
+from exporter.cli.describe import describe
+from exporter.tensorrt import FLAVOUR_CHOICES, PRECISIONS
+from runtime.artifact import Artifact
 
 
-@click.command("export-triton")
+@click.command(epilog=example("kiln build minilm-onnx -o minilm-trt --precision fp16",
+                              "kiln build minilm-qdq -o minilm-trt-int8 --precision int8"))
+@click.argument("artifact", type=click.Path(path_type=Path))
+@output_option("Engine artifact directory to write.")
+@click.option("--precision", type=choice(PRECISIONS), default="fp16", show_default=True,
+              help="int8 needs a QDQ model: kiln quantize --method nncf-int8.")
+@click.option("--shapes", multiple=True, help="Profile override NAME:MIN,OPT,MAX, dims joined by x "
+              "(e.g. input_ids:1x16,8x128,32x512); inputs sharing an axis get the same range. Repeatable.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache file: reused if present, saved after.")
+@click.option("--workspace-mb", type=int, help="Builder workspace limit in MB (default: TensorRT's).")
+@click.option("--sparsity", is_flag=True, help="Allow 2:4 sparse kernels (for weights pruned with --pattern 2:4).")
+@click.option("--trt", "flavour", type=choice(FLAVOUR_CHOICES), default="auto", show_default=True,
+              help="tensorrt (datacenter; builds on the target GPU) or rtx (TensorRT-RTX; builds on any machine).")
+@force_option
+@json_option
+def build(artifact: Path, out: Path, precision: str, shapes: tuple[str, ...], timing_cache: Path | None,
+          workspace_mb: int | None, sparsity: bool, flavour: str, force: bool, as_json: bool) -> None:
+    """Build a TensorRT engine from an ONNX ARTIFACT; the manifest records what built it and for which GPU."""
+    from exporter.stage import check_output
+    from exporter.tensorrt import BuildConfig, to_tensorrt
+
+    config = BuildConfig(precision=precision, shapes=";".join(shapes), workspace_mb=workspace_mb, sparsity=sparsity,
+                         trt=flavour, timing_cache=str(timing_cache) if timing_cache else None)
+    check_output(out.absolute(), force)
+    art = to_tensorrt(Artifact.load(artifact), config, out, force=force, progress=progress)
+    emit(art.to_manifest() | {"path": str(art.path)}, as_json, lambda: describe(art))
+
+
+@click.command("export-triton", epilog=example("kiln export-triton ft-fp32 ft-int8 --name fp32 --name int8 -o triton-repo"))
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="Model repository directory to write.")
+@output_option("Model repository directory to write.")
 @click.option("--name", "names", multiple=True,
               help="Model name clients call, once per ARTIFACT in order (default: each artifact's directory name).")
-@click.option("--max-batch-size", default=32, show_default=True, type=int)
+@click.option("--max-batch-size", default=32, show_default=True, type=int, help="Largest batch Triton forms.")
 @click.option("--preferred-batch-sizes", default="", help="Comma-separated, each <= --max-batch-size (default: none).")
 @click.option("--max-queue-delay-us", default=0, show_default=True, type=int,
               help="Microseconds the dynamic batcher may wait for a batch to fill.")
@@ -23,7 +54,7 @@ from exporter.cli_common import emit, force_option, json_option, progress
 @click.option("--queue-timeout-us", default=10_000_000, show_default=True, type=int,
               help="Microseconds a request may wait in the queue before it is rejected.")
 @click.option("--instances", default=1, show_default=True, type=int, help="Model instances (instance_group count).")
-@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+@click.option("--kind", type=choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="Where ONNX models run (KIND_CPU / KIND_GPU); TensorRT engines always run on the GPU.")
 @click.option("--sequence-length", default=None, type=int,
               help="Pad every request to this many tokens so all can batch (0: to a multiple of 8, so only equal "
@@ -41,7 +72,6 @@ def export_triton(artifacts: tuple[Path, ...], out: Path, names: tuple[str, ...]
                   force: bool, as_json: bool) -> None:
     """Write a Triton model repository: per text classifier, the model, a tokenizer and a label model, and
     an ensemble that takes raw text (TEXT) and answers LABEL and SCORES."""
-    from exporter.cli import int_list
     from exporter.stage import check_output
     from exporter.triton import TritonConfig, to_triton
 

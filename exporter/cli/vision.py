@@ -1,4 +1,4 @@
-"""The image-classification side of `kiln finetune` and `kiln predict` (the commands live in cli_stages / cli)."""
+"""The image-classification side of `kiln finetune`, `kiln predict` and `kiln prune` (commands in their modules)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,5 @@
+"""`python -m exporter.cli ...` is `kiln ...` (tests and benchmark recipes start it this way)."""
+
+from exporter.cli import main
+
+main()

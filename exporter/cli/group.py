@@ -1,0 +1,56 @@
+"""The `kiln` group: the one place a KilnError or usage error becomes one line and an exit code, and
+`kiln --help` listing commands by workflow."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from exporter.cli.common import fail, progress
+from runtime.errors import KilnError
+
+# workflow -> commands, in the order a user meets them; `kiln --help` prints one section per workflow
+SECTIONS = {
+    "Make an artifact": ("export", "finetune", "prune", "quantize", "optimize", "build", "export-triton"),
+    "Check it": ("inspect", "eval", "bench", "doctor"),
+    "Run it": ("predict", "serve", "loadtest"),
+    "Release it": ("keygen", "sign", "verify"),
+}
+
+
+class KilnGroup(click.Group):
+    """Turns every KilnError and usage error into one line on stderr and an exit code: the one place."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        extra.pop("standalone_mode", None)
+        progress.reset(quiet=False)  # in-process callers (tests) run many commands in one interpreter
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "kiln", standalone_mode=False, **extra)
+        except KilnError as e:
+            fail(str(e), e.exit_code)
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            fail(e.format_message() + where, 2)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            fail("interrupted", 130)
+        progress.end_bar()
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        ordered = [name for names in SECTIONS.values() for name in names if name in self.commands]
+        return ordered + sorted(set(self.commands) - set(ordered))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        placed: set[str] = set()
+        limit = formatter.width - 6 - max(len(n) for n in self.commands)
+        for title, names in [*SECTIONS.items(), ("Other", tuple(sorted(self.commands)))]:
+            rows = [(n, self.commands[n].get_short_help_str(limit=limit)) for n in names
+                    if n in self.commands and n not in placed and not self.commands[n].hidden]
+            placed.update(n for n, _ in rows)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)

@@ -1,0 +1,42 @@
+"""`kiln inspect` (what an artifact is and how it was made) and `kiln doctor` (what this machine can run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from exporter.cli.common import emit, example, json_option
+from exporter.cli.describe import describe
+from runtime.artifact import Artifact
+
+
+@click.command(epilog=example("kiln inspect ft-int8", "kiln inspect ft-int8 --verify --json"))
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True,
+              help="Recompute every file's sha256, and the manifest's own digests, against what was recorded.")
+@json_option
+def inspect(artifact: Path, verify: bool, as_json: bool) -> None:
+    """Show an artifact's inputs, outputs and lineage: how each step made it (method, fusion, nodes kept in fp32)."""
+    art = Artifact.load(artifact)
+    data = art.to_manifest() | {"path": str(art.path.absolute())}
+    note = ""
+    if verify:
+        covered = art.check_integrity()  # raises, naming every changed file and field
+        data["verified"], data["manifest_verified"] = True, covered
+        note = ("\nverified  all files and the manifest match what was recorded" if covered else
+                "\nverified  all files match the manifest; manifest not covered (made by an older Kiln; "
+                "re-run the stage to record its digests)")
+    emit(data, as_json, lambda: describe(art) + note)
+
+
+@click.command(epilog=example("kiln doctor", "kiln doctor --json"))
+@json_option
+def doctor(as_json: bool) -> None:
+    """Check what this machine can run, and say what to install for each missing piece."""
+    from exporter.doctor import run_checks
+
+    checks = run_checks()
+    emit(checks, as_json, lambda: "\n".join(
+        f"{'ok ' if c['ok'] else '-- '} {c['name']:<14} {c['detail']}" + ("" if c["ok"] else f"\n     fix: {c['fix']}")
+        for c in checks))
