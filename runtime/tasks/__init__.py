@@ -99,6 +99,8 @@ class Family(ABC):
     name: str = ""
     tasks: Mapping[str, TaskInfo] = {}
     model_types: Mapping[str, str | None] = {}
+    # where static int8 puts Q/DQ (exporter/qdq_plan.py): "listed-ops" = the quantized op types, inputs and outputs
+    static_int8_plan = "listed-ops"
 
     @abstractmethod
     def input_specs(self, model_type: str, config: Mapping[str, Any]) -> tuple[TensorSpec, ...]: ...
