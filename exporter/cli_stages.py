@@ -96,7 +96,6 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
           data: str | None, eval_data: str | None, samples: int, recover_steps: int, recover_lr: float, distill: bool,
           seed: int, text_column: str, label_column: str, force: bool, as_json: bool) -> None:
     """Make a classifier smaller: structured (--heads/--ffn), unstructured (--sparsity) or 2:4 (--pattern 2:4)."""
-    from calibration.datasets import load_labelled
     from exporter.load import load_checkpoint
     from exporter.prune import PruneConfig
     from exporter.prune import prune as run_prune
@@ -109,13 +108,14 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
                          scope=scope, samples=samples, recover_steps=recover_steps, recover_lr=recover_lr,
                          distill=distill, seed=seed)
     check_output(out.absolute(), force)
-    from exporter.cli_vision import refuse_vision_prune
+    from calibration.sources import labelled_for
+    from exporter.cli_vision import prune_task
 
-    refuse_vision_prune(artifact)
-    source = load_checkpoint(artifact, "text-classification")
+    task = prune_task(artifact)  # a ViT prunes on images; a CNN is refused here, before loading
+    source = load_checkpoint(artifact, task)
     names = [source.labels[i] for i in sorted(source.labels)]
-    train = load_labelled(data, text_column, label_column, names) if data else None
-    dev = load_labelled(eval_data, text_column, label_column, names) if eval_data else None
+    train = labelled_for(task, data, text_column, label_column, names) if data else None
+    dev = labelled_for(task, eval_data, text_column, label_column, names) if eval_data else None
     art = run_prune(source, config, out, train=train, dev=dev, force=force, progress=progress)
     m = art.lineage[-1].metrics
     summary = [describe(art), f"parameters {m['parameters_before']:,} -> {m['parameters_after']:,}"]

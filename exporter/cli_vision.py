@@ -55,20 +55,25 @@ def refuse_images_for_text(args: tuple[str, ...], task: str) -> None:
         raise InputError(f"{images[0]} is an image, but this is a {task} model; it takes texts")
 
 
-def refuse_vision_prune(source: str) -> None:
-    """Before loading: an image model (by its Kiln manifest, or its config's model_type) gets one clear line."""
+def prune_task(source: str) -> str:
+    """Before loading: the task `kiln prune` loads SOURCE as (a ViT is pruned as an image classifier); a CNN
+    (by its Kiln manifest's or its config's model_type) gets one clear line."""
     import json
 
-    from exporter.prune import PRUNE_VISION
-    from runtime.errors import TaskError
+    from exporter.prune_vision import check_prunable
     from runtime.tasks.vision import FAMILY
 
     path = Path(source)
-    for name, key, values in (("manifest.json", "task", tuple(FAMILY.tasks)), ("config.json", "model_type",
-                                                                              tuple(FAMILY.model_types))):
-        f = path / name if path.is_dir() else path.parent / name
+    folder = path if path.is_dir() else path.parent
+    for name in ("manifest.json", "config.json"):
         try:
-            if json.loads(f.read_text()).get(key) in values:
-                raise TaskError(PRUNE_VISION)
-        except (OSError, ValueError, AttributeError):
+            d = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
             continue
+        if not isinstance(d, dict):
+            continue
+        model_type = d.get("model_type") or (d.get("meta") or {}).get("model_type")
+        if d.get("task") in FAMILY.tasks or model_type in FAMILY.model_types:
+            check_prunable(str(model_type))
+            return "image-classification"
+    return "text-classification"

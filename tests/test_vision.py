@@ -388,10 +388,10 @@ def test_vit_dynamic_int8_and_fp16(tmp_path):
         assert np.abs(b.logits(list(imgs)) - ref).max() < 0.1 and np.abs(c.logits(list(imgs)) - ref).max() < 0.05
 
 
-def test_prune_refuses_image_models_in_one_line(tmp_path):
+def test_prune_refuses_cnns_in_one_line(tmp_path):
     from exporter.load import load_checkpoint
     from exporter.prune import PruneConfig, prune
 
-    src = load_checkpoint(build_hf_vision(tmp_path / "vit", "vit"), "image-classification")
-    with pytest.raises(TaskError, match="does not prune image models"):
+    src = load_checkpoint(build_hf_vision(tmp_path / "resnet", "resnet"), "image-classification")
+    with pytest.raises(TaskError, match="'resnet' is not a ViT, and CNN channel pruning is not implemented"):
         prune(src, PruneConfig(heads=0.25), tmp_path / "p")
