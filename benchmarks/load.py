@@ -25,7 +25,7 @@ import numpy as np
 
 from runtime.errors import ConfigError
 
-Target = Callable[[str], Awaitable[str]]  # send one text; return "ok" or an error kind ("503", "timeout", ...)
+Target = Callable[[Any], Awaitable[str]]  # send one input (a text, or an image file's bytes); return "ok" or an error kind ("503", "timeout", ...)
 
 
 @dataclass
@@ -115,10 +115,54 @@ class _Connection:
         self.reader = self.writer = None
 
 
-def http_target(url: str, timeout_s: float = 30.0, api_key: str = "") -> Callable[[], Target]:
+def http_target(url: str, timeout_s: float = 30.0, api_key: str = "", images: bool = False) -> Callable[[], Target]:
     """A factory of senders, each with its own keep-alive connection, that POST one text to /v1/predict
-    (with `Authorization: Bearer api_key` when given)."""
+    (with `Authorization: Bearer api_key` when given); images=True: one image file's bytes, as
+    {"images": ["<base64>"]}."""
+    if images:
+        import base64
+
+        return _post_target(url, "/v1/predict", lambda data: {"images": [base64.b64encode(data).decode()]}, timeout_s,
+                            api_key)
     return _post_target(url, "/v1/predict", lambda text: {"inputs": [text]}, timeout_s, api_key)
+
+
+def load_inputs(data: str, text_column: str = "text") -> tuple[list[Any], bool]:
+    """What loadtest sends, one per request, and whether it is images: the bytes of every image file for an
+    image folder, image file or mnist-5k:SPLIT (read once, before the clock starts), else the texts."""
+    from calibration.images import is_image_source, load_images
+
+    if is_image_source(data):
+        return [p.read_bytes() for p in load_images(data)], True
+    from calibration.datasets import load_texts
+
+    return list(load_texts(data, text_column)), False
+
+
+def inprocess_target(artifact: str, images: bool, max_batch_size: int, max_delay_ms: float,
+                     max_queue: int) -> tuple[Callable[[], Target], Callable[[], None]]:
+    """Senders into an in-process Batcher over the artifact's pipeline (TextClassifier or ImageClassifier),
+    and the function that closes both; the inputs must be the kind the model takes."""
+    from runtime.artifact import Artifact
+    from runtime.batching import Batcher
+    from runtime.pipeline import TextClassifier
+    from runtime.server import length_bucket
+    from runtime.tasks.vision import ImageClassifier
+
+    art = Artifact.load(artifact)
+    vision = art.family.name == "vision"
+    clf = (ImageClassifier if vision else TextClassifier)(art, batch_size=max_batch_size)
+    if vision != images:
+        clf.close()
+        raise ConfigError(f"{artifact} is {'an image' if vision else 'a text'} classifier but --data holds "
+                          f"{'images' if images else 'texts'}; give "
+                          + ("an image folder or mnist-5k:test" if vision else "texts (CSV/TSV/JSONL, movie-snippets:test)"))
+    batcher = Batcher(clf.predict_encoded, max_batch_size, max_delay_ms, max_queue, bucket=None if vision else length_bucket)
+
+    def close() -> None:
+        batcher.close()
+        clf.close()
+    return batcher_target(batcher, clf.encode), close
 
 
 def triton_target(url: str, model: str, timeout_s: float = 30.0) -> Callable[[], Target]:

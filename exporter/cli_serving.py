@@ -89,7 +89,8 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
 @click.option("--concurrency", default=32, show_default=True, type=int, help="Closed-loop clients.")
 @click.option("--rate", type=float, help="Open loop: Poisson arrivals per second (instead of --concurrency).")
 @click.option("--duration", default=20.0, show_default=True, type=float, help="Seconds of load.")
-@click.option("--data", default="movie-snippets:test", show_default=True, help="Texts to send (one per request).")
+@click.option("--data", default="movie-snippets:test", show_default=True,
+              help="Texts to send (one per request), or images for an image model (a folder, mnist-5k:test).")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--max-batch-size", default=32, show_default=True, type=int, help="In-process mode only.")
 @click.option("--max-delay-ms", default=0.0, show_default=True, type=float, help="In-process mode only.")
@@ -104,19 +105,17 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
              max_batch_size: int, max_delay_ms: float, max_queue: int, protocol: str, model: str,
              api_key_file: Path | None, as_json: bool) -> None:
     """Load a running server (TARGET = http://host:port) or an in-process Batcher (TARGET = an artifact)."""
-    from benchmarks.load import batcher_target, closed_loop, http_target, open_loop, triton_target
-    from calibration.datasets import load_texts
-    from runtime.batching import Batcher
-    from runtime.pipeline import TextClassifier
-    from runtime.server import length_bucket
+    from benchmarks.load import closed_loop, http_target, inprocess_target, load_inputs, open_loop, triton_target
 
     if (protocol == "triton") != bool(model):
         raise ConfigError("--protocol triton needs --model NAME, and --model applies only to --protocol triton")
     if protocol == "triton" and "://" not in target:
         raise ConfigError(f"--protocol triton loads a running Triton server: TARGET must be http://host:port, "
                           f"got {target!r}")
-    texts = load_texts(data, text_column)
-    clf = batcher = None
+    texts, images = load_inputs(data, text_column)  # image files' bytes for an image folder / mnist-5k:SPLIT
+    if images and protocol == "triton":
+        raise ConfigError("--protocol triton sends texts to the tokenizer ensemble; --data is images")
+    close = None
     if protocol == "triton":
         make = triton_target(target, model)
     elif "://" in target:
@@ -124,20 +123,16 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
 
         from runtime.server import read_api_key
 
-        make = http_target(target, api_key=read_api_key(api_key_file, os.environ.get("KILN_API_KEY")))
+        make = http_target(target, api_key=read_api_key(api_key_file, os.environ.get("KILN_API_KEY")), images=images)
     else:
-        clf = TextClassifier(target, batch_size=max_batch_size)
-        batcher = Batcher(clf.predict_encoded, max_batch_size, max_delay_ms, max_queue, bucket=length_bucket)
-        make = batcher_target(batcher, clf.encode)
+        make, close = inprocess_target(target, images, max_batch_size, max_delay_ms, max_queue)
     try:
         progress(f"{'open loop at ' + str(rate) + '/s' if rate else f'{concurrency} closed-loop clients'} "
                  f"for {duration:g}s against {target}")
         result = open_loop(make, texts, rate, duration) if rate else closed_loop(make, texts, concurrency, duration)
     finally:
-        if batcher:
-            batcher.close()
-        if clf:
-            clf.close()
+        if close:
+            close()
     summary = result.summary()
     emit(summary, as_json, lambda: "\n".join(f"{k:<14} {v}" for k, v in summary.items()))
     if summary["sent"] and not summary["ok"]:  # a CI step must not pass on a run where nothing succeeded
