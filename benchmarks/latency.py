@@ -16,14 +16,15 @@ from runtime.session import Session
 class LatencyResult:
     backend: str
     batch: int
-    seq_len: int
+    seq_len: int | None  # tokens per row (text); None for families whose items are not sequences
     iters: int
     p50_ms: float
     p90_ms: float
     p99_ms: float
     mean_ms: float
     min_ms: float
-    throughput: float  # sequences per second at the median latency
+    throughput: float  # items (sequences, images) per second at the median latency
+    image: str | None = None  # 'CxHxW' of one image (vision)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,15 +62,25 @@ def measure_interleaved(runs: dict[tuple[str, int, int], tuple[Session, dict[str
                 t0 = time.perf_counter()
                 sess.run(feed)
                 times[key].append((time.perf_counter() - t0) * 1000)
-    return {key: summarize(runs[key][0].describe(), runs[key][1], np.asarray(ms)) for key, ms in times.items()}
+    return {key: summarize(runs[key][0].describe(), runs[key][1], np.asarray(ms), family_of(runs[key][0]))
+            for key, ms in times.items()}
 
 
-def summarize(backend: str, feed: dict[str, np.ndarray], ms: np.ndarray) -> LatencyResult:
+def family_of(session: Session) -> Any:
+    art = getattr(session, "artifact", None)
+    return art.family if art is not None else None
+
+
+def summarize(backend: str, feed: dict[str, np.ndarray], ms: np.ndarray, family: Any = None) -> LatencyResult:
+    """Percentiles; the item size is the family's (tokens per row for text, CxHxW for images)."""
     first = next(iter(feed.values()))
-    batch, seq = int(first.shape[0]), int(first.shape[1]) if first.ndim > 1 else 1
+    batch = int(first.shape[0])
+    size = family.item_size(feed) if family is not None else (int(first.shape[1]) if first.ndim > 1 else 1)
+    column = family.size_column if family is not None else "seq_len"
+    seq, image = (size, None) if column == "seq_len" else (None, size)
     p50 = float(np.percentile(ms, 50))
     return LatencyResult(
-        backend=backend, batch=batch, seq_len=seq, iters=len(ms), p50_ms=round(p50, 3),
+        backend=backend, batch=batch, seq_len=seq, image=image, iters=len(ms), p50_ms=round(p50, 3),
         p90_ms=round(float(np.percentile(ms, 90)), 3), p99_ms=round(float(np.percentile(ms, 99)), 3),
         mean_ms=round(float(ms.mean()), 3), min_ms=round(float(ms.min()), 3),
         throughput=round(batch / (p50 / 1000), 2))
@@ -89,4 +100,4 @@ def measure_latency(session: Session, feed: dict[str, np.ndarray], warmup: int =
         if sync:
             sync()
         times[i] = time.perf_counter() - t0
-    return summarize(session.describe(), feed, times * 1000)
+    return summarize(session.describe(), feed, times * 1000, family_of(session))

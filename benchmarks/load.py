@@ -34,7 +34,7 @@ BACKOFF_S = (0.05, 1.0)  # a refused sender waits 50 ms, doubling to 1 s, before
 class ServerGone(KilnError):
     """The server refused every connection for GIVE_UP_S seconds."""
 
-Target = Callable[[str], Awaitable[str]]  # send one text; return "ok" or an error kind ("503", "timeout", ...)
+Target = Callable[[Any], Awaitable[str]]  # send one input (a text, or an image file's bytes); return "ok" or an error kind ("503", "timeout", ...)
 
 
 @dataclass
@@ -129,10 +129,28 @@ class _Connection:
         self.reader = self.writer = None
 
 
-def http_target(url: str, timeout_s: float = 30.0, api_key: str = "") -> Callable[[], Target]:
+def http_target(url: str, timeout_s: float = 30.0, api_key: str = "", images: bool = False) -> Callable[[], Target]:
     """A factory of senders, each with its own keep-alive connection, that POST one text to /v1/predict
-    (with `Authorization: Bearer api_key` when given)."""
+    (with `Authorization: Bearer api_key` when given); images=True: one image file's bytes, as
+    {"images": ["<base64>"]}."""
+    if images:
+        import base64
+
+        return _post_target(url, "/v1/predict", lambda data: {"images": [base64.b64encode(data).decode()]}, timeout_s,
+                            api_key)
     return _post_target(url, "/v1/predict", lambda text: {"inputs": [text]}, timeout_s, api_key)
+
+
+def load_inputs(data: str, text_column: str = "text") -> tuple[list[Any], bool]:
+    """What loadtest sends, one per request, and whether it is images: the bytes of every image file for an
+    image folder, image file or mnist-5k:SPLIT (read once, before the clock starts), else the texts."""
+    from calibration.images import is_image_source, load_images
+
+    if is_image_source(data):
+        return [p.read_bytes() for p in load_images(data)], True
+    from calibration.datasets import load_texts
+
+    return list(load_texts(data, text_column)), False
 
 
 def triton_target(url: str, model: str, timeout_s: float = 30.0) -> Callable[[], Target]:
@@ -305,9 +323,10 @@ def open_loop(make_target: Callable[[], Target], texts: Sequence[str], rate: flo
 
 
 def load_target(target: str, protocol: str = "kiln", model: str = "", api_key: str = "", max_batch_size: int = 32,
-                max_delay_ms: float = 0.0, max_queue: int = 256) -> Any:
+                max_delay_ms: float = 0.0, max_queue: int = 256, images: bool = False) -> Any:
     """A context manager giving the sender factory for TARGET: a running `kiln serve` or Triton (http://host:port),
-    or an artifact path, opened in-process as a classifier with a Batcher in front (closed on exit)."""
+    or an artifact path, opened in-process as a classifier with a Batcher in front (closed on exit).
+    images=True: the inputs are image files' bytes (load_inputs), which only an image model takes."""
     import contextlib
 
     if protocol not in ("kiln", "triton"):
@@ -317,13 +336,24 @@ def load_target(target: str, protocol: str = "kiln", model: str = "", api_key: s
     if protocol == "triton" and "://" not in target:
         raise ConfigError(f"--protocol triton loads a running Triton server: TARGET must be http://host:port, "
                           f"got {target!r}")
+    if images and protocol == "triton":
+        raise ConfigError("--protocol triton sends texts to the tokenizer ensemble; --data is images")
+    if "://" not in target:  # in-process: the inputs must be the kind the model takes, said before loading it
+        from runtime.artifact import Artifact
+
+        vision = Artifact.load(target).family.name == "vision"
+        if vision != images:
+            raise ConfigError(f"{target} is {'an image' if vision else 'a text'} classifier but --data holds "
+                              f"{'images' if images else 'texts'}; give " + (
+                                  "an image folder or mnist-5k:test" if vision
+                                  else "texts (CSV/TSV/JSONL, movie-snippets:test)"))
 
     @contextlib.contextmanager
     def opened() -> Any:
         if protocol == "triton":
             yield triton_target(target, model)
         elif "://" in target:
-            yield http_target(target, api_key=api_key)
+            yield http_target(target, api_key=api_key, images=images)
         else:
             from runtime.batched import batched_classifier
 

@@ -10,7 +10,7 @@ import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -20,15 +20,8 @@ from exporter.progress import ticker
 from exporter.stage import Progress, atomic_output, finish, quiet
 from exporter.training import LoopConfig, collate, encode, evaluate, train_
 from runtime.artifact import Artifact
-from runtime.backends.torch_structure import STRUCTURE_KEY, encoder_layers, head_size, shrink_layer_
+from runtime.backends.torch_structure import STRUCTURE_KEY, encoder_layers, head_size, part, shrink_layer_
 from runtime.errors import ConfigError, TaskError
-
-# Structured pruning removes attention heads and FFN neurons of BERT-style layers (exporter/prune.py);
-# ViT's layers have the same parts under other names and its data path is images, and CNNs would need
-# channel pruning across residual connections: neither is implemented, so an image model is refused.
-PRUNE_VISION = ("kiln prune does not prune image models: structured pruning (heads/FFN) is implemented for "
-                "BERT-style text encoders only; ViT head/FFN pruning and CNN channel pruning are not implemented "
-                "(quantize with static int8 instead)")
 
 KINDS = ("structured", "unstructured", "2:4")
 SCOPES = ("global", "layer")
@@ -93,39 +86,52 @@ class PruneConfig:
 
 def taylor_importance(model: Any, enc: Any, input_names: list[str], batch_size: int,
                       progress: Progress = quiet) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """taylor_scores over a text sample (encoded texts, batch_size at a time), with progress."""
+    import torch
+
+    labels = torch.tensor(enc.labels)
+    tick = ticker(progress, "scoring heads and FFN neurons", len(enc.ids))
+
+    def batches() -> Iterator[tuple[dict[str, Any], Any]]:
+        for start in range(0, len(enc.ids), batch_size):
+            tick.update(start)
+            idx = list(range(start, min(start + batch_size, len(enc.ids))))
+            yield collate(enc, idx, input_names), labels[idx]
+        tick.update(len(enc.ids))
+
+    return taylor_scores(model, batches())
+
+
+def taylor_scores(model: Any, batches: Iterable[tuple[dict[str, Any], Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per head and per FFN neuron: sum over batches of |sum of w * dL/dw| over the unit's weights.
 
     The first-order Taylor estimate of how much the loss changes if the unit is removed
-    (Molchanov et al. 2019); units whose output weights are zero score exactly 0.
+    (Molchanov et al. 2019); units whose output weights are zero score exactly 0. `batches` are
+    (model inputs, labels) pairs: token ids for text, pixel_values for ViT.
     """
     import torch
     import torch.nn.functional as F
 
     layers = encoder_layers(model)
     d = head_size(model)
-    n_heads = [layer.attention.self.query.out_features // d for layer in layers]
+    n_heads = [part(layer, "q").out_features // d for layer in layers]
     heads = [np.zeros(n) for n in n_heads]
-    neurons = [np.zeros(layer.intermediate.dense.out_features) for layer in layers]
+    neurons = [np.zeros(part(layer, "ffn_in").out_features) for layer in layers]
     model.eval()  # dropout off: scores reflect the model as it will run
-    labels = torch.tensor(enc.labels)
-    tick = ticker(progress, "scoring heads and FFN neurons", len(enc.ids))
-    for start in range(0, len(enc.ids), batch_size):
-        idx = list(range(start, min(start + batch_size, len(enc.ids))))
-        tick.update(start)
+    for inputs, labels in batches:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(**collate(enc, idx, input_names)).logits, labels[idx]).backward()
+        F.cross_entropy(model(**inputs).logits, labels).backward()
         with torch.no_grad():
             for li, layer in enumerate(layers):
-                sa, out = layer.attention.self, layer.attention.output.dense
-                per_row = sum((m.weight * m.weight.grad).sum(1) + m.bias * m.bias.grad for m in (sa.query, sa.key, sa.value))
+                q, k, v, out = (part(layer, n) for n in ("q", "k", "v", "o"))
+                per_row = sum((m.weight * m.weight.grad).sum(1) + m.bias * m.bias.grad for m in (q, k, v))
                 per_col = (out.weight * out.weight.grad).sum(0)
                 heads[li] += (per_row + per_col).view(n_heads[li], d).sum(1).abs().numpy()
-                inter, ffn_out = layer.intermediate.dense, layer.output.dense
+                inter, ffn_out = part(layer, "ffn_in"), part(layer, "ffn_out")
                 contrib = (inter.weight * inter.weight.grad).sum(1) + inter.bias * inter.bias.grad
                 contrib = contrib + (ffn_out.weight * ffn_out.weight.grad).sum(0)
                 neurons[li] += contrib.abs().numpy()
     model.zero_grad(set_to_none=True)
-    tick.update(len(enc.ids))
     return heads, neurons
 
 
@@ -196,8 +202,8 @@ def remove_units_(model: Any, removed_heads: list[list[int]], removed_neurons: l
     d = head_size(model)
     kept: dict[str, list[Any]] = {"heads": [], "ffn": [], "kept_head_indices": []}
     for layer, rh, rn in zip(encoder_layers(model), removed_heads, removed_neurons):
-        n_heads = layer.attention.self.query.out_features // d
-        n_ffn = layer.intermediate.dense.out_features
+        n_heads = part(layer, "q").out_features // d
+        n_ffn = part(layer, "ffn_in").out_features
         keep_h = [h for h in range(n_heads) if h not in set(rh)]
         keep_n = [i for i in range(n_ffn) if i not in set(rn)]
         shrink_layer_(layer, d, keep_h, keep_n)
@@ -256,8 +262,10 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
     """Prune an `hf` classifier; the manifest records what was removed/zeroed per layer and the accuracy."""
     import transformers
 
-    if artifact.family.name == "vision":
-        raise TaskError(PRUNE_VISION)
+    if artifact.family.name == "vision":  # ViT heads/FFN on images; CNNs refused (exporter/prune_vision.py)
+        from exporter.prune_vision import prune_vit
+
+        return prune_vit(artifact, config, out, train, dev, force, progress)  # type: ignore[arg-type]
     if artifact.format != "hf" or artifact.task != "text-classification":
         raise ConfigError(f"prune reads an 'hf' text-classification artifact, got {artifact.format!r} {artifact.task!r}")
     if config.kind == "structured" and train is None:

@@ -16,6 +16,7 @@ import numpy as np
 from calibration.datasets import LabelledTexts
 from exporter.compare import compare, tolerance_for
 from exporter.onnx_export import fuse_graph
+from exporter.qdq_plan import PLANS, QdqPlan, plan_static, shapes_from_quantized
 from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet, temp_files_in
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError, InputError, ValidationError
@@ -55,6 +56,8 @@ class QuantConfig:
     max_guard_iterations: int = 6
     validate: bool = True  # False only to measure a model that fails (benchmarks); recorded in the lineage
     seed: int = 0
+    # static int8: which nodes and outputs get Q/DQ (exporter/qdq_plan.py); "" = the model family's
+    qdq_plan: str = ""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -68,6 +71,8 @@ class QuantConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(QUANT_TYPES)}, got {getattr(self, name)!r}")
         if self.calib_samples < 1:
             raise ConfigError(f"calib_samples must be >= 1, got {self.calib_samples}")
+        if self.qdq_plan and self.qdq_plan not in PLANS:
+            raise ConfigError(f"unknown qdq_plan {self.qdq_plan!r}; valid: {', '.join(PLANS)} (or empty: the family's)")
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:  # also refuses NaN
             raise ConfigError(f"max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
 
@@ -130,6 +135,14 @@ def prepare(src: Path, dst: Path, meta: dict[str, Any], optimize: bool) -> dict[
     return fused
 
 
+def static_plan(pre: Path, cfg: QuantConfig) -> QdqPlan:
+    """The QDQ plan for the prepared graph: the compute ops static int8 quantizes (STATIC_OPS), what the
+    family's plan adds or keeps float, minus --exclude-op-types."""
+    compute = tuple(o for o in cfg.op_types if o in STATIC_OPS and o not in cfg.exclude_op_types) or ("MatMul",)
+    plan = plan_static(pre, cfg.qdq_plan or "listed-ops", compute)
+    return dataclasses.replace(plan, op_types=tuple(o for o in plan.op_types if o not in cfg.exclude_op_types))
+
+
 def run_method(pre: Path, out: Path, cfg: QuantConfig, excluded: list[str], calib: list[dict[str, np.ndarray]] | None,
                cache: Path | None) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -145,16 +158,19 @@ def run_method(pre: Path, out: Path, cfg: QuantConfig, excluded: list[str], cali
         method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                   "entropy": CalibrationMethod.Entropy}[cfg.calibrator]
         # TensorRT rejects int32 bias quantization: biases stay float in the QDQ graph
+        plan = static_plan(pre, cfg)
         extra = {"QuantizeBias": False, "CalibPercentile": cfg.percentile, "MatMulConstBOnly": True,
-                 "ActivationSymmetric": cfg.activation_type == "int8"}
+                 "ActivationSymmetric": cfg.activation_type == "int8", **plan.extra_options()}
         if cfg.calibrator == "entropy":
             extra["CalibNumBins"] = 128  # 2048 bins collapsed accuracy on MiniLM
         quantize_static(str(pre), str(out), FeedReader(calib or []), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=[o for o in op_types if o in STATIC_OPS] or ["MatMul"],
-                        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                        activation_type=qtype[cfg.activation_type], weight_type=qtype[cfg.weight_type],
-                        nodes_to_exclude=excluded_nodes, calibrate_method=method, extra_options=extra,
+                        op_types_to_quantize=list(plan.op_types), per_channel=cfg.per_channel,
+                        reduce_range=cfg.reduce_range, activation_type=qtype[cfg.activation_type],
+                        weight_type=qtype[cfg.weight_type], nodes_to_exclude=[*excluded_nodes, *plan.exclude_nodes],
+                        calibrate_method=method, extra_options=extra,
                         calibration_cache_path=str(cache) if cache else None)
+        if cfg.qdq_plan == "int8-flow":
+            shapes_from_quantized(out)
     else:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -229,6 +245,9 @@ def sensitivity(pre: Path, staged: Artifact, cfg: QuantConfig, calib: list[dict[
     from exporter.progress import ticker
 
     nodes = quantizable_nodes(pre, tuple(o for o in cfg.op_types if o not in cfg.exclude_op_types))
+    if cfg.method == "static-int8":  # nodes the plan keeps float are not candidates
+        kept_float = set(static_plan(pre, cfg).exclude_nodes)
+        nodes = [n for n in nodes if n not in kept_float]
     progress(f"sensitivity analysis over {len(nodes)} nodes (each quantized alone)")
     rows = []
     # inside the staging folder, so an interrupted run leaves nothing in the system temp folder
@@ -272,6 +291,8 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         raise ConfigError("static-int8 needs calibration data (--calib-data) or a range cache (--calib-cache)")
     if not config.op_types:  # the family knows which ops its models are made of (Conv for CNNs)
         config = dataclasses.replace(config, op_types=artifact.family.quantize_op_types(config.method))
+    if config.method == "static-int8" and not config.qdq_plan:  # and where Q/DQ pays (exporter/qdq_plan.py)
+        config = dataclasses.replace(config, qdq_plan=artifact.family.static_int8_plan)
     calib = None
     if calibration is not None and config.method == "static-int8":
         calib = check_calibration(artifact, calibration, fixed_shape=config.calibrator != "minmax")
@@ -293,6 +314,8 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
         progress(f"quantizing: {config.method}" + (f" ({config.calibrator} calibration, {len(calib)} batches)" if calib else ""))
         run_method(pre, model, config, [], calib, cache)
         metrics: dict[str, Any] = {"fused_ops": fused}
+        if config.method == "static-int8":
+            metrics["qdq_plan"] = static_plan(pre, config).describe()
         ranking: list[dict[str, Any]] | None = None
         if report:
             ranking = sensitivity(pre, q_art, config, calib, (calib or val_feeds)[:8], progress, cache)

@@ -9,12 +9,14 @@ from typing import Any
 MNIST_PREPROCESSING = {"size": [28, 28], "channels": 1, "scale": 1 / 255, "mean": [0.1307], "std": [0.3081]}
 
 VISION_CONFIGS: dict[str, dict[str, Any]] = {
-    # 4x4 patches of 7x7 pixels, 4 layers of width 128: ~0.8M parameters. At width 64 every matrix product was so
-    # small that int8's quantize/dequantize cost more than it saved; 7x4 patches (49 tokens) made int8 pay more
-    # but trained 3x slower
+    # 4x4 patches of 7x7 pixels, 4 layers of width 256: ~3.2M parameters (ViT-Tiny has 5.7M). At width 128
+    # (17 tokens x 128) a batch of one was all dispatch: under onnxruntime's 2-thread CPU pool no int8
+    # recipe, static or dynamic, beat fp32 (0.91x / 0.98x on a quiet 2-core Xeon); at width 256 static int8
+    # is 1.24x at batch 1 and 1.87x at 32 there (benchmarks/results/vision.md). At width 64 it was worse still.
+    # 4x4-pixel patches (49 tokens) at width 128 only reached 1.02x at batch 1
     "vit-tiny-mnist": {
-        "config": {"model_type": "vit", "image_size": 28, "patch_size": 7, "num_channels": 1, "hidden_size": 128,
-                   "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
+        "config": {"model_type": "vit", "image_size": 28, "patch_size": 7, "num_channels": 1, "hidden_size": 256,
+                   "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
                    "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
         "preprocessing": MNIST_PREPROCESSING,
     },

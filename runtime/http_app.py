@@ -138,7 +138,7 @@ def create_app(service: Service) -> Any:
         return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request, info: dict[str, Any]) -> Response:
-        return JSONResponse(openapi_document(config))
+        return JSONResponse(openapi_document(config, images=service.serves_images))
 
     async def reload(request: Request, info: dict[str, Any]) -> Response:
         if not config.api_key:

@@ -14,7 +14,33 @@ def _error(description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def openapi_document(config: Any) -> dict[str, Any]:
+def text_request(config: Any) -> dict[str, Any]:
+    return {"application/json": {"schema": {
+        "type": "object", "required": ["inputs"],
+        "properties": {"inputs": {"type": "array", "minItems": 1, "maxItems": config.max_inputs,
+                                  "items": {"type": "string", "maxLength": config.max_chars}}}}}}
+
+
+def image_request(config: Any) -> dict[str, Any]:
+    """The two forms runtime/image_requests.py reads: base64 image files in JSON, or multipart file parts."""
+    return {
+        "application/json": {"schema": {
+            "type": "object", "required": ["images"],
+            "properties": {"images": {
+                "type": "array", "minItems": 1, "maxItems": config.max_inputs,
+                "description": "Encoded image files (PNG, JPEG, ...), base64; a data: URL prefix is accepted",
+                "items": {"type": "string", "format": "byte"}}}}},
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["image"],
+            "properties": {"image": {
+                "type": "array", "minItems": 1, "maxItems": config.max_inputs,
+                "description": "One file part per image, in order (any part name is read)",
+                "items": {"type": "string", "format": "binary"}}}}},
+    }
+
+
+def openapi_document(config: Any, images: bool = False) -> dict[str, Any]:
+    """The document for a text classifier, or with images=True for an image classifier (request forms)."""
     from importlib import metadata
 
     try:
@@ -34,14 +60,14 @@ def openapi_document(config: Any) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "kiln serve", "version": version,
-                 "description": "Text classification with micro-batching. Send raw texts, get labels."},
+                 "description": ("Image classification with micro-batching. Send encoded image files (base64 JSON "
+                                 f"or multipart, at most {config.max_body_bytes} bytes a request), get labels."
+                                 if images else "Text classification with micro-batching. Send raw texts, get labels.")},
         "paths": {
             "/v1/predict": {"post": {
-                "summary": "Classify texts", "operationId": "predict", "security": secured,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["inputs"],
-                    "properties": {"inputs": {"type": "array", "minItems": 1, "maxItems": config.max_inputs,
-                                              "items": {"type": "string", "maxLength": config.max_chars}}}}}}},
+                "summary": "Classify images" if images else "Classify texts", "operationId": "predict",
+                "security": secured,
+                "requestBody": {"required": True, "content": image_request(config) if images else text_request(config)},
                 "responses": {
                     "200": {"description": "One prediction per input, in order", "content": {"application/json": {
                         "schema": {"type": "object", "required": ["predictions"], "properties": {

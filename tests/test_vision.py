@@ -388,10 +388,24 @@ def test_vit_dynamic_int8_and_fp16(tmp_path):
         assert np.abs(b.logits(list(imgs)) - ref).max() < 0.1 and np.abs(c.logits(list(imgs)) - ref).max() < 0.05
 
 
-def test_prune_refuses_image_models_in_one_line(tmp_path):
+def test_prune_refuses_cnns_in_one_line(tmp_path):
     from exporter.load import load_checkpoint
     from exporter.prune import PruneConfig, prune
 
-    src = load_checkpoint(build_hf_vision(tmp_path / "vit", "vit"), "image-classification")
-    with pytest.raises(TaskError, match="does not prune image models"):
+    src = load_checkpoint(build_hf_vision(tmp_path / "resnet", "resnet"), "image-classification")
+    with pytest.raises(TaskError, match="'resnet' is not a ViT, and CNN channel pruning is not implemented"):
         prune(src, PruneConfig(heads=0.25), tmp_path / "p")
+
+
+def test_grayscale_to_an_rgb_model_repeats_the_channel_and_rgb_to_gray_uses_luma():
+    """The documented conversions (README, Preprocessing), exactly: a grayscale file given to an RGB model
+    is the same tensor as the RGB image with the gray value in every channel; an RGB file given to a
+    1-channel model is Pillow's convert('L')."""
+    Image = pytest.importorskip("PIL.Image")
+    imgs, _ = shapes(1)
+    gray = np.asarray(Image.fromarray(imgs[0]).convert("L"))
+    as_rgb = preprocess_images([png_bytes(gray)], PREP)[0]
+    np.testing.assert_allclose(as_rgb, preprocess_images([np.repeat(gray[..., None], 3, -1)], PREP)[0])
+    one = ImagePreprocessing(size=(16, 16), channels=1, mean=(0.5,), std=(0.25,))
+    np.testing.assert_allclose(preprocess_images([png_bytes(imgs[0])], one)[0],
+                               preprocess_images([gray[..., None]], one)[0])

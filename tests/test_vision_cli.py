@@ -64,8 +64,8 @@ def test_finetune_from_packaged_config_and_config_json(shapes_folder, tmp_path):
                    "--lora apply to text models")
 
 
-def test_prune_on_an_image_model_is_one_line(tmp_path):
+def test_prune_on_a_cnn_is_one_line(tmp_path):
     from tests.test_vision import build_hf_vision
 
     src = build_hf_vision(tmp_path / "resnet", "resnet")
-    one_line_error(run("prune", src, "--heads", "0.25", "-o", tmp_path / "p"), "does not prune image models")
+    one_line_error(run("prune", src, "--heads", "0.25", "-o", tmp_path / "p"), "CNN channel pruning is not implemented")

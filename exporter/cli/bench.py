@@ -71,7 +71,9 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int | None, backend: str, d
             {k: measure_latency(s, f, warmup, iters, sync) for k, (s, f) in runs.items()}
         rows = [r.to_dict() for r in results.values()]
     report = {"artifact": str(art.path.absolute()), "results": rows, "environment": capture_environment()}
-    cols = ["backend", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput"]
+    # the family's size column: seq_len for text, image (CxHxW) for vision
+    cols = ["backend", "batch", art.family.size_column, "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput"]
     env = report["environment"]
     emit(report, as_json, lambda: table(rows, cols, markdown) +
-         f"\n\n{env['cpu']} ({env['cpu_count']} cores, {' '.join(env['cpu_flags'])}); throughput in sequences/s")
+         f"\n\n{env['cpu']} ({env['cpu_count']} cores, {' '.join(env['cpu_flags'])}); "
+         f"throughput in {art.family.item_name}/s")

@@ -37,8 +37,8 @@ def format_summary(s: dict[str, Any]) -> str:
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1), help="Closed-loop clients.")
 @click.option("--rate", type=float, help="Open loop: Poisson arrivals per second (instead of --concurrency).")
 @click.option("--duration", default=20.0, show_default=True, type=float, help="Seconds of load.")
-@data_option("Texts to send, one per request (CSV/TSV/JSONL or a dataset name).", default="movie-snippets:test",
-             show_default=True)
+@data_option("Texts to send, one per request (CSV/TSV/JSONL or a dataset name), or images for an image model "
+             "(a folder, mnist-5k:test).", default="movie-snippets:test", show_default=True)
 @text_column_option
 @click.option("--max-batch-size", default=32, show_default=True, type=int, help="In-process mode only: batch limit.")
 @click.option("--max-delay-ms", default=0.0, show_default=True, type=float, help="In-process mode only: batch wait.")
@@ -55,13 +55,12 @@ def loadtest(target: str, concurrency: int, rate: float | None, duration: float,
     """Load a running server (TARGET = http://host:port) or an in-process Batcher (TARGET = an artifact)."""
     import os
 
-    from benchmarks.load import load_target, run_load
-    from calibration.datasets import load_texts
+    from benchmarks.load import load_inputs, load_target, run_load
     from runtime.server import read_api_key
 
     api_key = read_api_key(api_key_file, os.environ.get("KILN_API_KEY")) if "://" in target else ""
-    opened = load_target(target, protocol, model, api_key, max_batch_size, max_delay_ms, max_queue)
-    texts = load_texts(data, text_column)
+    texts, images = load_inputs(data, text_column)  # image files' bytes for an image folder / mnist-5k:SPLIT
+    opened = load_target(target, protocol, model, api_key, max_batch_size, max_delay_ms, max_queue, images=images)
     with opened as make:
         progress(f"{'open loop at ' + f'{rate:g}/s' if rate else f'{concurrency} closed-loop clients'} "
                  f"for {duration:g}s against {target}")

@@ -43,11 +43,11 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
           eval_every: int | None, distill: bool, seed: int, text_column: str, label_column: str, force: bool,
           as_json: bool) -> None:
     """Make a classifier smaller: structured (--heads/--ffn/--layers), unstructured (--sparsity) or 2:4 (--pattern 2:4)."""
-    from calibration.datasets import load_labelled
-    from exporter.cli.vision import refuse_vision_prune
+    from calibration.sources import labelled_for
     from exporter.load import load_checkpoint
     from exporter.prune import PruneConfig, kind_of
     from exporter.prune import prune as run_prune
+    from exporter.prune_vision import prune_task
     from exporter.stage import check_output
 
     config = PruneConfig(kind=kind_of(layers, heads, ffn, sparsity, pattern), layers=layers, heads=heads, ffn=ffn,
@@ -55,11 +55,11 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
                          recover_steps=recover_steps, recover_lr=recover_lr, recover_eval_every=eval_every,
                          distill=distill, seed=seed)
     check_output(out.absolute(), force)
-    refuse_vision_prune(artifact)
-    source = load_checkpoint(artifact, "text-classification")
+    task = prune_task(artifact)  # a ViT prunes on images; a CNN is refused here, before loading
+    source = load_checkpoint(artifact, task)
     names = [source.labels[i] for i in sorted(source.labels)]
-    train = load_labelled(data, text_column, label_column, names) if data else None
-    dev = load_labelled(eval_data, text_column, label_column, names) if eval_data else None
+    train = labelled_for(task, data, text_column, label_column, names) if data else None
+    dev = labelled_for(task, eval_data, text_column, label_column, names) if eval_data else None
     art = run_prune(source, config, out, train=train, dev=dev, force=force, progress=progress,
                     show_bar=not progress.quiet)
     m = art.lineage[-1].metrics

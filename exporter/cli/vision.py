@@ -53,22 +53,3 @@ def refuse_images_for_text(args: tuple[str, ...], task: str) -> None:
     images = [a for a in args if Path(a).suffix.lower() in IMAGE_SUFFIXES and Path(a).is_file()]
     if images:
         raise InputError(f"{images[0]} is an image, but this is a {task} model; it takes texts")
-
-
-def refuse_vision_prune(source: str) -> None:
-    """Before loading: an image model (by its Kiln manifest, or its config's model_type) gets one clear line."""
-    import json
-
-    from exporter.prune import PRUNE_VISION
-    from runtime.errors import TaskError
-    from runtime.tasks.vision import FAMILY
-
-    path = Path(source)
-    for name, key, values in (("manifest.json", "task", tuple(FAMILY.tasks)), ("config.json", "model_type",
-                                                                              tuple(FAMILY.model_types))):
-        f = path / name if path.is_dir() else path.parent / name
-        try:
-            if json.loads(f.read_text()).get(key) in values:
-                raise TaskError(PRUNE_VISION)
-        except (OSError, ValueError, AttributeError):
-            continue

@@ -1,4 +1,5 @@
-"""Physically smaller BERT-style layers: build a model whose per-layer head / FFN counts differ.
+"""Physically smaller encoder layers (BERT-style text encoders, ViT): build a model whose per-layer head /
+FFN counts differ.
 
 A structurally pruned checkpoint stores `kiln_structure = {"heads": [...], "ffn": [...]}` in its
 config.json; Hugging Face's from_pretrained cannot build such a model (it has one head count and
@@ -13,11 +14,49 @@ from typing import Any, Sequence
 STRUCTURE_KEY = "kiln_structure"
 
 
+# Where each part of an encoder layer lives, per layer layout (architecture knowledge as data). "bert":
+# BertLayer and the text encoders built like it; "vit": transformers 5's ViTLayer (attention.q_proj, mlp.fc1).
+# heads: attributes holding the layer's head count; width: attributes holding heads x head size.
+LAYER_PARTS: dict[str, dict[str, Any]] = {
+    "bert": {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+             "o": "attention.output.dense", "ffn_in": "intermediate.dense", "ffn_out": "output.dense",
+             "heads": ("attention.self.num_attention_heads",), "width": ("attention.self.all_head_size",)},
+    "vit": {"q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj", "o": "attention.o_proj",
+            "ffn_in": "mlp.fc1", "ffn_out": "mlp.fc2", "heads": ("attention.num_attention_heads",), "width": ()},
+}
+
+
+def layer_layout(layer: Any) -> str:
+    return "vit" if hasattr(layer, "mlp") and hasattr(getattr(layer, "attention", None), "q_proj") else "bert"
+
+
+def part(layer: Any, name: str) -> Any:
+    """The layer's module for part `name` (q, k, v, o, ffn_in, ffn_out)."""
+    obj = layer
+    for attr in LAYER_PARTS[layer_layout(layer)][name].split("."):
+        obj = getattr(obj, attr)
+    return obj
+
+
+def _set(layer: Any, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    obj = layer
+    for attr in parents:
+        obj = getattr(obj, attr)
+    setattr(obj, last, value)
+
+
+def set_part(layer: Any, name: str, module: Any) -> None:
+    _set(layer, LAYER_PARTS[layer_layout(layer)][name], module)
+
+
 def encoder_layers(model: Any) -> list[Any]:
     base = getattr(model, model.base_model_prefix, model)
     if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):
         return list(base.encoder.layer)
-    raise ValueError(f"structured pruning supports BERT-style encoders (encoder.layer); got {type(model).__name__}")
+    if hasattr(base, "layers") and layer_layout(base.layers[0]) == "vit":  # ViT in transformers 5
+        return list(base.layers)
+    raise ValueError(f"structured pruning supports BERT-style encoders (encoder.layer) and ViT; got {type(model).__name__}")
 
 
 def head_size(model: Any) -> int:
@@ -48,27 +87,30 @@ def _select(linear: Any, keep: Sequence[int], dim: int) -> Any:
 
 def shrink_layer_(layer: Any, d: int, heads: Sequence[int] | int, neurons: Sequence[int] | int) -> None:
     """Keep the given head / neuron indices (or, given counts, just resize for loading weights)."""
-    att = layer.attention
+    qkv = ("q", "k", "v")
     if isinstance(heads, int):
         n_heads = heads
-        width = heads * d
-        att.self.query, att.self.key, att.self.value = (_resize(x, width, 0) for x in (att.self.query, att.self.key, att.self.value))
-        att.output.dense = _resize(att.output.dense, width, 1)
+        for name in qkv:
+            set_part(layer, name, _resize(part(layer, name), heads * d, 0))
+        set_part(layer, "o", _resize(part(layer, "o"), heads * d, 1))
     else:
         rows = [h * d + j for h in sorted(heads) for j in range(d)]
         n_heads = len(heads)
-        att.self.query, att.self.key, att.self.value = (_select(x, rows, 0) for x in (att.self.query, att.self.key, att.self.value))
-        att.output.dense = _select(att.output.dense, rows, 1)
-    att.self.num_attention_heads = n_heads
-    att.self.all_head_size = n_heads * d
+        for name in qkv:
+            set_part(layer, name, _select(part(layer, name), rows, 0))
+        set_part(layer, "o", _select(part(layer, "o"), rows, 1))
+    layout = LAYER_PARTS[layer_layout(layer)]
+    for path in layout["heads"]:
+        _set(layer, path, n_heads)
+    for path in layout["width"]:
+        _set(layer, path, n_heads * d)
     if isinstance(neurons, int):
-        layer.intermediate.dense = _resize(layer.intermediate.dense, neurons, 0)
-        layer.output.dense = _resize(layer.output.dense, neurons, 1)
+        set_part(layer, "ffn_in", _resize(part(layer, "ffn_in"), neurons, 0))
+        set_part(layer, "ffn_out", _resize(part(layer, "ffn_out"), neurons, 1))
     else:
         keep = sorted(neurons)
-        layer.intermediate.dense = _select(layer.intermediate.dense, keep, 0)
-        layer.output.dense = _select(layer.output.dense, keep, 1)
-
+        set_part(layer, "ffn_in", _select(part(layer, "ffn_in"), keep, 0))
+        set_part(layer, "ffn_out", _select(part(layer, "ffn_out"), keep, 1))
 
 
 def apply_structure_(model: Any, structure: dict[str, list[int]]) -> None:

@@ -99,6 +99,10 @@ class Family(ABC):
     name: str = ""
     tasks: Mapping[str, TaskInfo] = {}
     model_types: Mapping[str, str | None] = {}
+    # where static int8 puts Q/DQ (exporter/qdq_plan.py): "listed-ops" = the quantized op types, inputs and outputs
+    static_int8_plan = "listed-ops"
+    # the size column of a latency table (benchmarks/latency.py) and what one item of a batch is called
+    size_column, item_name = "seq_len", "sequences"
 
     @abstractmethod
     def input_specs(self, model_type: str, config: Mapping[str, Any]) -> tuple[TensorSpec, ...]: ...
@@ -150,6 +154,11 @@ class Family(ABC):
     def serves_inputs(self, names: Sequence[str]) -> bool:
         """Whether a graph taking these inputs is one of this family's (for readers given only specs)."""
         return False
+
+    def item_size(self, feed: Feed) -> Any:
+        """The size of one item of a batch for a latency table's size column: tokens per row for text."""
+        first = next(iter(feed.values()))
+        return int(first.shape[1]) if first.ndim > 1 else 1
 
     def quantize_op_types(self, method: str) -> tuple[str, ...]:
         """The ONNX op types `kiln quantize` quantizes by default with `method` (transformer encoders':

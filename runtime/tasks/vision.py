@@ -54,6 +54,15 @@ class VisionFamily(Family):
     model_types = {"vit": None, "deit": None, "resnet": None, "convnext": None, "mobilenet_v2": None,
                    "torch-module": None}
 
+    # int8 from kernel to kernel: on 28x28 digits the Q/DQ pairs of the per-op plan made static int8 slower
+    # than fp32 at batch 1 (exporter/qdq_plan.py)
+    static_int8_plan = "int8-flow"
+    size_column, item_name = "image", "images"
+
+    def item_size(self, feed: Feed) -> Any:
+        """'CxHxW' of one image (a latency table's image column; dimension 1 is channels, not a length)."""
+        return "x".join(str(d) for d in next(iter(feed.values())).shape[1:])
+
     def serves_inputs(self, names: Sequence[str]) -> bool:
         return list(names) == [INPUT]
 
