@@ -138,7 +138,7 @@ def int_list(value: str, what: str) -> list[int]:
 @click.option("--batch-sizes", default="1,8,32", show_default=True)
 @click.option("--seq-len", default=128, show_default=True, type=int)
 @click.option("--backend", default="auto", show_default=True,
-              help="Comma-separated: auto, onnxruntime, torch (torch runs the checkpoint the artifact came from).")
+              help="Comma-separated: auto, onnxruntime, openvino, torch (torch runs the checkpoint the artifact came from).")
 @device_option
 @click.option("--warmup", default=5, show_default=True, type=int)
 @click.option("--iters", default=30, show_default=True, type=int)
@@ -155,7 +155,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
     from benchmarks.environment import capture_environment
     from benchmarks.latency import example_feed, measure_interleaved, measure_latency
     from benchmarks.report import table
-    from runtime.backends.options import torch_only
+    from runtime.backends.options import dtype_options, torch_only
     from runtime.session import open_session
 
     sizes = int_list(batch_sizes, "--batch-sizes")
@@ -170,7 +170,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: 
     torch_options = torch_only(names, device, dtype, cuda_graphs)
     with contextlib.ExitStack() as stack:
         sessions = [stack.enter_context(open_session(art, backend=n, device=device,
-                                                     **options, **(torch_options if n == "torch" else {})))
+                                                     **options, **dtype_options(n, torch_options)))
                     for n in names]
         runs = {(n, b, seq_len): (s, example_feed(s, b, seq_len)) for n, s in zip(names, sessions) for b in sizes}
         progress(f"{len(runs)} configurations x ({warmup} warm-up + {iters} timed runs), interleaved in {rounds} rounds")

@@ -60,10 +60,10 @@ def emit(data: Any, as_json: bool, human: Callable[[], str]) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 force_option = click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 backend_option = click.option("--backend", default="auto", show_default=True,
-                              help="auto, onnxruntime or torch (comma-separated for bench).")
+                              help="auto, onnxruntime, openvino or torch (comma-separated for bench).")
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 dtype_option = click.option("--dtype", type=click.Choice(TORCH_DTYPES), default=None,
-                            help="torch backend: weights and compute precision (default float32).")
+                            help="torch: weights and compute precision; openvino: inference precision (default float32).")
 cuda_graphs_option = click.option("--cuda-graphs", is_flag=True,
                                   help="torch backend on cuda: capture one CUDA graph per input shape, then replay it.")
 
