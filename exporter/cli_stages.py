@@ -132,7 +132,7 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--method", default="dynamic-int8", show_default=True,
-              help="dynamic-int8, static-int8, fp16, or nncf-int8 (TensorRT-ready QDQ; needs the nncf extra).")
+              help="dynamic-int8, static-int8, fp16, or nncf-int8 (NNCF; needs the nncf extra; see --target).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
 @click.option("--optimize/--no-optimize", default=True, show_default=True, help="Quantize the fused graph.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True)
@@ -152,8 +152,11 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
 @click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points; needs --eval-data.")
 @click.option("--eval-data", help="Labelled data for the accuracy guard (e.g. movie-snippets:dev).")
 @click.option("--report", is_flag=True, help="Per-node sensitivity analysis (output error when only it is quantized).")
-@click.option("--preset", default="performance", show_default=True,
-              help="nncf-int8: performance (symmetric, TensorRT-parsable) or mixed (asymmetric, not TensorRT-parsable).")
+@click.option("--target", default="tensorrt", show_default=True,
+              help="nncf-int8: tensorrt (QDQ ONNX; also runs on onnxruntime and openvino) or openvino (OpenVINO IR).")
+@click.option("--preset", default="",
+              help="nncf-int8: performance (symmetric, TensorRT-parsable) or mixed (asymmetric); "
+                   "default performance for --target tensorrt, mixed for openvino.")
 @click.option("--subset-size", default=300, show_default=True, type=int, help="nncf-int8: calibration items NNCF uses.")
 @click.option("--calib-pad-length", default=64, show_default=True, type=int,
               help="nncf-int8: pad (or cut) each calibration text to this many tokens; 0 = its own length.")
@@ -165,7 +168,7 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
 def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel: bool, reduce_range: bool,
              calib_data: str | None, calib_samples: int, calib_cache: Path | None, calibrator: str, percentile: float,
              op_types: str, exclude_op_types: str, exclude_nodes: str, activation_type: str, weight_type: str,
-             max_accuracy_drop: float | None, eval_data: str | None, report: bool, preset: str, subset_size: int,
+             max_accuracy_drop: float | None, eval_data: str | None, report: bool, target: str, preset: str, subset_size: int,
              calib_pad_length: int, smooth_quant_alpha: float, text_column: str, label_column: str,
              force: bool, as_json: bool) -> None:
     """Quantize an ONNX artifact (int8 dynamic/static, fp16), validated and optionally accuracy-guarded."""
@@ -182,8 +185,11 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
                          op_types=names(op_types), exclude_op_types=names(exclude_op_types),
                          exclude_nodes=names(exclude_nodes), activation_type=activation_type, weight_type=weight_type,
                          max_accuracy_drop=max_accuracy_drop)
+    if method != "nncf-int8" and (target != "tensorrt" or preset):
+        raise ConfigError(f"--target and --preset are options of --method nncf-int8, got --method {method}")
     if method == "nncf-int8":
-        config = nncf_config(calib_data, preset, subset_size, calib_pad_length, smooth_quant_alpha, max_accuracy_drop)
+        config = nncf_config(calib_data, preset, subset_size, calib_pad_length, smooth_quant_alpha, max_accuracy_drop,
+                             target)
     check_output(out.absolute(), force)
     art = Artifact.load(artifact)
     calibration = None
@@ -208,6 +214,8 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
         lines.append(f"QDQ       {m['qdq']['quantize_linear']} QuantizeLinear nodes; " + (
             "symmetric (zero points 0): TensorRT can parse it" if m["qdq"]["tensorrt_parsable"]
             else f"{m['qdq']['nonzero_zero_points']} non-zero zero points: TensorRT's parser rejects it"))
+    if "fake_quantize" in m:
+        lines.append(f"OpenVINO  {m['fake_quantize']} FakeQuantize ops; runs on {', '.join(q.meta['runs_on'])}")
     if report and "sensitivity" in m:
         lines.append("sensitivity (output error 1 - cosine when only this node is quantized), worst first:")
         lines += [f"  {r['error']:.2e}  {r['node']}" for r in m["sensitivity"][:15]]
@@ -215,7 +223,7 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
 
 
 def nncf_config(calib_data: str | None, preset: str, subset_size: int, calib_pad_length: int, smooth_quant_alpha: float,
-                max_accuracy_drop: float | None) -> Any:
+                max_accuracy_drop: float | None, target: str = "tensorrt") -> Any:
     """The nncf-int8 config, with the calibration file's name and sha256 for the lineage."""
     import hashlib
 
@@ -226,7 +234,7 @@ def nncf_config(calib_data: str | None, preset: str, subset_size: int, calib_pad
     if calib_data:
         path, _ = resolve(calib_data)
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-    return NncfConfig(preset=preset, subset_size=subset_size, calib_pad_length=calib_pad_length,
+    return NncfConfig(target=target, preset=preset, subset_size=subset_size, calib_pad_length=calib_pad_length,
                       smooth_quant_alpha=smooth_quant_alpha, max_accuracy_drop=max_accuracy_drop,
                       calib_data=calib_data or "", calib_data_sha256=digest)
 
