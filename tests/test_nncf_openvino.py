@@ -62,3 +62,30 @@ def test_answers_do_not_depend_on_batching(ov_int8):
             TextClassifier(ov_int8, batch_size=16, call_overhead_tokens=float("inf")) as many:
         assert one.session.backend == "openvino"
         np.testing.assert_allclose(many.logits(texts), one.logits(texts), atol=1e-4)
+
+
+def test_pruned_model_through_nncf_int8_on_openvino(tiny_bert, tmp_path):
+    """A structurally pruned model (a layer removed, uneven heads per layer) exports, quantizes with NNCF for
+    OpenVINO and runs there, like the 4-layer pruned MiniLM in benchmarks/runs/openvino_table.py."""
+    pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    from calibration.datasets import load_labelled
+    from exporter.load import load_checkpoint
+    from exporter.onnx_export import OnnxConfig, to_onnx
+    from exporter.prune import PruneConfig, prune
+    from exporter.quantize import quantize
+    from runtime.pipeline import TextClassifier
+
+    train = load_labelled(write_csv(tmp_path / "train.csv", sentiment_rows(32)))
+    pruned = prune(load_checkpoint(tiny_bert, "text-classification"),
+                   PruneConfig(kind="structured", layers=1, heads=0.25, samples=16, batch_size=16),
+                   tmp_path / "pruned", train=train, show_bar=False)
+    assert len(pruned.lineage[-1].metrics["structure"]["heads"]) == 1
+    p32 = to_onnx(load_checkpoint(pruned.path), OnnxConfig(), tmp_path / "onnx")
+    feeds = p32.family.calibration_feeds(p32, train.texts, 16, batch_size=1, pad_to=16)
+    q = quantize(p32, NncfConfig(target="openvino", subset_size=16), tmp_path / "q", calibration=feeds)
+    assert q.format == "openvino" and q.lineage[-1].metrics["fake_quantize"] > 0
+    texts = [t for t, _ in sentiment_rows(8, seed=4)]
+    with TextClassifier(p32, backend="openvino") as ov32, TextClassifier(p32) as ort32, TextClassifier(q) as ov8:
+        np.testing.assert_allclose(ov32.logits(texts), ort32.logits(texts), atol=1e-5)
+        assert np.abs(ov8.logits(texts) - ort32.logits(texts)).max() < 0.5
