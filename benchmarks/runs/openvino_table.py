@@ -140,6 +140,12 @@ class PeerPipelines:
 
 # -- measurements -----------------------------------------------------------------------------------
 
+def size_mb(art: Artifact) -> float:
+    """The model's size: an OpenVINO IR's weights are in model.bin beside model.xml."""
+    weights = art.model_file.with_suffix(".bin")
+    return round(model_size_mb(art) + (weights.stat().st_size / 1e6 if art.format == "openvino" and weights.exists() else 0), 2)
+
+
 def classifier(v: Variant, batch_size: int) -> TextClassifier:
     return TextClassifier(v.artifact, backend=v.backend, batch_size=batch_size, **v.options)
 
@@ -315,7 +321,7 @@ def main() -> None:
             "path": name, "b1 median ms": b1[name]["median_ms"], "b1 p99 ms": b1[name]["p99_ms"],
             "32x128 median ms": batch32[name]["median_ms"], "32x128 p99 ms": batch32[name]["p99_ms"],
             "e2e sentences/s": r.get("e2e_per_s", ""), "acc alone": f"{acc1:.4f}", "acc batch 32": f"{acc32:.4f}",
-            "worst drop (pts)": f"{(acc_fp32 - min(acc1, acc32)) * 100:+.2f}", "size MB": model_size_mb(v.artifact)}
+            "worst drop (pts)": f"{(acc_fp32 - min(acc1, acc32)) * 100:+.2f}", "size MB": size_mb(v.artifact)}
         if "logits" in r:
             row["labels differ alone vs batched"] = int((r["logits"].argmax(-1) != logits1.argmax(-1)).sum())
         if v.int8:
@@ -332,7 +338,7 @@ def main() -> None:
              "acc alone: every test sentence alone (batch 1); acc batch 32: the end-to-end batches; worst drop: the worse "
              "of the two against onnxruntime fp32. Fixed-scale int8 (NNCF) should not change answers with the batching; "
              "dynamic int8 does (benchmarks/results/batch-answers.md).",
-             f"NNCF int8 for OpenVINO (300 dev sentences padded to 64 tokens, transformer preset, mixed): {nncf_seconds} s.",
+             f"NNCF int8 for OpenVINO ({args.calib_samples} dev sentences padded to 64 tokens, transformer preset, mixed): {nncf_seconds} s.",
              f"int8 peak: {macs} int8 MACs/cycle/core ({why}) x {info.cores} cores x {args.ghz or info.mhz / 1000:.2f} GHz "
              f"({'given' if args.ghz else info.mhz_source}) x 2 = {peak:.2f} TOP/s; MiniLM-L6 at 32 x 128 is "
              f"{int8_ops(ft, 32, 128) / 1e9:.1f} G int8 operations, {int8_ops(ft, 32, 128) / (peak * 1e12) * 1000:.0f} ms at the peak."]
