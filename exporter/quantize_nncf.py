@@ -1,4 +1,11 @@
-"""nncf-int8: NNCF post-training quantization of a standard ONNX graph into QDQ that TensorRT parses.
+"""nncf-int8: NNCF post-training quantization of a standard ONNX graph, for one of two targets.
+
+--target tensorrt (the default): a QDQ ONNX that TensorRT parses; onnxruntime and OpenVINO run it too.
+--target openvino: NNCF's OpenVINO backend on the graph OpenVINO reads from the ONNX file, written as an
+OpenVINO IR artifact (FakeQuantize ops) that only the openvino backend runs; the preset defaults to
+mixed (asymmetric activations, NNCF's own default for transformers), which the OpenVINO CPU plugin runs
+as fast as symmetric ones. One method, two targets: the algorithm (SmoothQuant, bias correction, which
+ops stay float) is the same, only the graph it rewrites and the file it writes differ.
 
 Why NNCF (benchmarks/results/int8-tensorrt.md has the numbers): its transformer model type applies
 SmoothQuant, which moves activation outliers into the weights; that is what keeps BERT-style activations
@@ -33,14 +40,22 @@ from runtime.session import open_session
 
 INSTALL_HINT = "pip install 'modelkiln[nncf]'"
 PRESETS = ("performance", "mixed")  # performance: symmetric activations (TensorRT); mixed: asymmetric
+TARGETS = ("tensorrt", "openvino")
+DEFAULT_PRESET = {"tensorrt": "performance", "openvino": "mixed"}
+# the runtimes each target's file runs on (a mixed-preset QDQ ONNX is not TensorRT-parsable)
+RUNS_ON = {"tensorrt": ["tensorrt", "onnxruntime", "openvino"], "openvino": ["openvino"]}
 MODEL_TYPES = ("transformer", "generic")  # transformer: SmoothQuant + transformer-aware ignored patterns
 TENSORRT_PRESETS = ("performance",)
+# the guard measures alone and in batches: answers should not depend on batching (fixed scales), and if a
+# kernel's shape-dependent rounding ever made them, the worse accuracy counts
+GUARD_BATCH_SIZES = (1, 64)
 
 
 @dataclass(frozen=True)
 class NncfConfig:
     method: str = "nncf-int8"
-    preset: str = "performance"
+    target: str = "tensorrt"  # tensorrt: QDQ ONNX; openvino: OpenVINO IR (see the module docstring)
+    preset: str = ""  # "": the target's default (DEFAULT_PRESET)
     model_type: str = "transformer"
     subset_size: int = 300  # calibration items NNCF draws (all of them when there are fewer)
     # calibration texts are padded to this many tokens (0: each its own length); applied where texts become
@@ -57,6 +72,11 @@ class NncfConfig:
     def __post_init__(self) -> None:
         if self.method != "nncf-int8":
             raise ConfigError(f"NncfConfig is for method 'nncf-int8', got {self.method!r}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown nncf-int8 target {self.target!r}; valid: {', '.join(TARGETS)} "
+                              "(tensorrt: QDQ ONNX, also runs on onnxruntime/OpenVINO; openvino: OpenVINO IR)")
+        if not self.preset:
+            object.__setattr__(self, "preset", DEFAULT_PRESET[self.target])
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)} "
                               "(performance: symmetric, TensorRT-parsable; mixed: asymmetric activations, not TensorRT-parsable)")
@@ -77,7 +97,11 @@ class NncfConfig:
 
     @property
     def tensorrt_parsable(self) -> bool:
-        return self.preset in TENSORRT_PRESETS
+        return self.target == "tensorrt" and self.preset in TENSORRT_PRESETS
+
+    @property
+    def runs_on(self) -> list[str]:
+        return [r for r in RUNS_ON[self.target] if r != "tensorrt" or self.tensorrt_parsable]
 
 
 def from_quant_config(config: Any) -> NncfConfig:
@@ -138,7 +162,44 @@ def check_standard_graph(model: Any, path: Path) -> None:
     custom = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     if custom:
         raise ConfigError(f"{path} has onnxruntime-only fused ops ({', '.join(custom)}); nncf-int8 quantizes a "
-                          "standard ONNX graph that TensorRT can parse: quantize the unfused `kiln export` output")
+                          "standard ONNX graph (NNCF's transformer patterns match unfused attention; TensorRT "
+                          "and OpenVINO read it): quantize the unfused `kiln export` output")
+
+
+def fake_quantize_count(model: Any) -> int:
+    """FakeQuantize ops NNCF inserted into an OpenVINO model (0: nothing was quantized)."""
+    return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+def load_for_target(artifact: Artifact, config: NncfConfig) -> Any:
+    """The model NNCF rewrites: the ONNX graph (tensorrt), or the OpenVINO model read from it (openvino)."""
+    import onnx
+
+    model = onnx.load(str(artifact.model_file))
+    check_standard_graph(model, artifact.model_file)
+    if config.target == "tensorrt":
+        return model
+    from runtime.backends.ov import import_openvino, read_model
+
+    return read_model(import_openvino().Core(), artifact.model_file)
+
+
+def save_for_target(q: Any, staged: Path, artifact: Artifact, config: NncfConfig) -> tuple[Artifact, dict[str, Any]]:
+    """Write the quantized model; return its (unfinished) artifact and what it holds, for the lineage."""
+    meta = {"precision": "int8", "method": config.method, "target": config.target, "runs_on": config.runs_on,
+            # fixed activation scales: a sentence gets the same answer alone or in any batch
+            "answers_depend_on_batching": False}
+    if config.target == "openvino":
+        from exporter.openvino_convert import ir_artifact, save_ir
+
+        save_ir(q, staged)
+        return ir_artifact(staged, artifact, **meta), {"fake_quantize": fake_quantize_count(q)}
+    import onnx
+
+    onnx.save(q, str(staged / "model.onnx"))
+    q_art = Artifact(staged, "onnx", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage,
+                     {**artifact.meta, "model_file": "model.onnx", **meta})
+    return q_art, {"qdq": qdq_summary(q)}
 
 
 def run_nncf(model: Any, feeds: list[dict[str, np.ndarray]], config: NncfConfig) -> Any:
@@ -161,9 +222,8 @@ def run_nncf(model: Any, feeds: list[dict[str, np.ndarray]], config: NncfConfig)
 
 def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration: Iterable[dict[str, np.ndarray]] | None,
                   eval_data: LabelledTexts | None = None, force: bool = False, progress: Progress = quiet) -> Artifact:
-    """NNCF post-training int8 (QDQ) of an fp32 ONNX artifact; validated against it; optional accuracy guard."""
-    import onnx
-
+    """NNCF post-training int8 of an fp32 ONNX artifact (QDQ ONNX or OpenVINO IR, by config.target); validated
+    against it; optional accuracy guard."""
     from exporter.quantize import GuardResult, accuracy_of, check_calibration
 
     config = from_quant_config(config)
@@ -172,41 +232,36 @@ def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration:
     if config.max_accuracy_drop is not None and eval_data is None:
         raise ConfigError("--max-accuracy-drop needs --eval-data (labelled texts to measure accuracy on)")
     feeds = check_calibration(artifact, calibration, fixed_shape=False)
-    import_nncf()  # a missing NNCF is reported before any work
-    model = onnx.load(str(artifact.model_file))
-    check_standard_graph(model, artifact.model_file)
+    import_nncf()  # a missing NNCF (or OpenVINO, for --target openvino) is reported before any work
+    model = load_for_target(artifact, config)
     started = time.perf_counter()
     with atomic_output(out, force) as staged:
         copy_sidecars(artifact, staged)
         used = min(config.subset_size, len(feeds))
-        progress(f"quantizing: nncf-int8 ({config.preset} preset, {config.model_type}, SmoothQuant alpha "
+        progress(f"quantizing: nncf-int8 for {config.target} ({config.preset} preset, {config.model_type}, SmoothQuant alpha "
                  f"{config.smooth_quant_alpha}, {used} of {len(feeds)} calibration items)")
-        if not config.tensorrt_parsable:
+        if config.target == "tensorrt" and not config.tensorrt_parsable:
             progress(f"preset {config.preset!r}: asymmetric activations; TensorRT's parser rejects non-zero zero points, "
                      "so this file is for onnxruntime / OpenVINO")
         q = run_nncf(model, feeds, config)
-        onnx.save(q, str(staged / "model.onnx"))
-        qdq = qdq_summary(q)
-        meta = {**artifact.meta, "model_file": "model.onnx", "precision": "int8", "method": config.method,
-                # fixed activation scales: a sentence gets the same answer alone or in any batch
-                "answers_depend_on_batching": False}
-        q_art = Artifact(staged, "onnx", artifact.task, artifact.inputs, artifact.outputs, artifact.lineage, meta)
+        q_art, holds = save_for_target(q, staged, artifact, config)
         nncf = import_nncf()
         metrics: dict[str, Any] = {
-            "nncf_version": nncf.__version__, "qdq": qdq,
+            "nncf_version": nncf.__version__, **holds,
             "calibration": {"items": len(feeds), "used": used, "feeds_sha256": feeds_sha256(feeds),
                             "sequence_lengths": sorted({int(next(iter(f.values())).shape[-1]) for f in feeds}),
                             "data": config.calib_data, "data_sha256": config.calib_data_sha256}}
         if config.max_accuracy_drop is not None:
             assert eval_data is not None
-            guard = GuardResult(accuracy_of(artifact, eval_data), accuracy_of(q_art, eval_data))
+            guard = GuardResult(accuracy_of(artifact, eval_data), accuracy_of(q_art, eval_data, GUARD_BATCH_SIZES))
             guard.iterations.append({"excluded": 0, "accuracy": guard.accuracy, "drop_points": guard.drop_points})
             progress(f"accuracy fp32 {guard.accuracy_fp32:.4f}, nncf-int8 {guard.accuracy:.4f} "
                      f"(drop {guard.drop_points:.2f} points, budget {config.max_accuracy_drop})")
             metrics["accuracy_guard"] = {"accuracy_fp32": guard.accuracy_fp32, "accuracy": guard.accuracy,
                                          "drop_points": guard.drop_points, "budget_points": config.max_accuracy_drop,
                                          "kept_fp32": [], "iterations": guard.iterations,
-                                         "data": eval_data.source, "data_sha256": eval_data.sha256, "batch_sizes": [64]}
+                                         "data": eval_data.source, "data_sha256": eval_data.sha256,
+                                         "batch_sizes": list(GUARD_BATCH_SIZES)}
             if guard.drop_points > config.max_accuracy_drop:
                 # NNCF's scales are global, so there is no per-node fallback here (static-int8's guard has one)
                 raise ValidationError(
@@ -222,8 +277,9 @@ def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration:
         metrics["validation"] = cmp.metrics() | {"feeds": "calibration, unpadded", "enforced": config.validate}
         if config.validate:
             cmp.raise_if_failed("the nncf-int8 model")
+        weights = staged / ("model.bin" if config.target == "openvino" else "model.onnx")
         metrics["size_mb"] = {"fp32": round(artifact.model_file.stat().st_size / 1e6, 2),
-                              "quantized": round((staged / "model.onnx").stat().st_size / 1e6, 2)}
+                              "quantized": round(weights.stat().st_size / 1e6, 2)}
         return finish(staged, out, q_art, artifact, "quantize", asdict(config), started, metrics)
 
 

@@ -15,12 +15,12 @@ from runtime.manifest import DIGEST_FIELD, changed_fields, check_manifest, conte
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-FORMATS = ("hf", "torch", "onnx", "tensorrt", "triton")
+FORMATS = ("hf", "torch", "onnx", "tensorrt", "triton", "openvino")  # openvino: IR (model.xml + model.bin)
 
 # Libraries whose versions change what a stage produces; recorded in every Step.
 TRACKED_LIBRARIES = (
     "modelkiln", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers",
-    "numpy", "peft", "tensorrt", "tensorrt-rtx",
+    "numpy", "peft", "tensorrt", "tensorrt-rtx", "openvino", "nncf",
 )
 
 Dim = int | str

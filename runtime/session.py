@@ -18,8 +18,9 @@ BACKENDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "onnxruntime": ("runtime.backends.ort", "OnnxRuntimeSession", ("onnx",)),
     "torch": ("runtime.backends.torch_backend", "TorchSession", ("hf", "torch", "onnx")),
     "tensorrt": ("runtime.backends.trt", "TensorRTSession", ("tensorrt",)),
+    "openvino": ("runtime.backends.ov", "OpenVinoSession", ("onnx", "openvino")),
 }
-AUTO_BACKEND = {"onnx": "onnxruntime", "hf": "torch", "torch": "torch", "tensorrt": "tensorrt"}
+AUTO_BACKEND = {"onnx": "onnxruntime", "hf": "torch", "torch": "torch", "tensorrt": "tensorrt", "openvino": "openvino"}
 
 
 class Session:
@@ -156,7 +157,7 @@ def open_session(artifact: Artifact | str | Path, backend: str = "auto", device:
                  options: Any = None, **values: Any) -> Session:
     """Pick the backend for the artifact's format (or the one asked for) and construct its Session.
 
-    options: the backend's options dataclass (OnnxRuntimeOptions, TorchOptions) or a dict; keyword
+    options: the backend's options dataclass (OnnxRuntimeOptions, TorchOptions, OpenVinoOptions) or a dict; keyword
     values are added to it. Either way an unknown key is a ConfigError naming the valid ones."""
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
     name = AUTO_BACKEND.get(art.format, "") if backend == "auto" else backend

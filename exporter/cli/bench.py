@@ -40,7 +40,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int | None, backend: str, d
     from benchmarks.environment import capture_environment
     from benchmarks.latency import example_feed, measure_interleaved, measure_latency
     from benchmarks.report import table
-    from runtime.backends.options import torch_only
+    from runtime.backends.options import dtype_options, torch_only
     from runtime.session import open_session
 
     sizes = int_list(batch_sizes, "--batch-sizes")
@@ -57,7 +57,7 @@ def bench(artifact: Path, batch_sizes: str, seq_len: int | None, backend: str, d
     torch_options = torch_only(names, device, dtype, cuda_graphs)
     with contextlib.ExitStack() as stack:
         sessions = [stack.enter_context(open_session(art, backend=n, device=device,
-                                                     **options, **(torch_options if n == "torch" else {})))
+                                                     **options, **dtype_options(n, torch_options)))
                     for n in names]
         runs = {(n, b, seq_len): (s, example_feed(s, b, seq_len)) for n, s in zip(names, sessions) for b in sizes}
         progress(f"{len(runs)} configuration{'s' if len(runs) != 1 else ''} x ({warmup} warm-up + {iters} timed runs), "

@@ -105,7 +105,7 @@ backend_option = click.option("--backend", type=choice(BACKEND_CHOICES), default
 device_option = click.option("--device", type=choice(DEVICES), default="cpu", show_default=True,
                              help="Where the model runs.")
 dtype_option = click.option("--dtype", type=choice(TORCH_DTYPES), default=None,
-                            help="torch backend: weights and compute precision (default float32).")
+                            help="torch: weights and compute precision; openvino: inference precision (default float32).")
 cuda_graphs_option = click.option("--cuda-graphs", is_flag=True,
                                   help="torch backend on cuda: capture one CUDA graph per input shape, then replay it.")
 text_column_option = click.option("--text-column", default="text", show_default=True, help="The data's text column.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from exporter.cli.common import emit, example, json_option
+from exporter.cli.common import emit, example, json_option, progress
 from exporter.cli.describe import describe
 from runtime.artifact import Artifact
 
@@ -30,13 +30,21 @@ def inspect(artifact: Path, verify: bool, as_json: bool) -> None:
     emit(data, as_json, lambda: describe(art) + note)
 
 
-@click.command(epilog=example("kiln doctor", "kiln doctor --json"))
+@click.command(epilog=example("kiln doctor", "kiln doctor --json", "kiln doctor --measure ft-int8 --measure ft-nncf-ov"))
+@click.option("--measure", "measure_paths", multiple=True, type=click.Path(path_type=Path),
+              help="An onnx or openvino artifact (repeatable): time every backend/precision that runs it, pick the fastest.")
 @json_option
-def doctor(as_json: bool) -> None:
+def doctor(measure_paths: tuple[Path, ...], as_json: bool) -> None:
     """Check what this machine can run, and say what to install for each missing piece."""
-    from exporter.doctor import run_checks
+    from exporter.doctor import openvino_capabilities, run_checks
 
     checks = run_checks()
-    emit(checks, as_json, lambda: "\n".join(
-        f"{'ok ' if c['ok'] else '-- '} {c['name']:<14} {c['detail']}" + ("" if c["ok"] else f"\n     fix: {c['fix']}")
-        for c in checks))
+    text = "\n".join(f"{'ok ' if c['ok'] else '-- '} {c['name']:<14} {c['detail']}"
+                     + ("" if c["ok"] else f"\n     fix: {c['fix']}") for c in checks)
+    if not measure_paths:
+        emit(checks, as_json, lambda: text)
+        return
+    from exporter.doctor_measure import format_measure, measure
+
+    report = measure(list(measure_paths), openvino_capabilities(), progress=progress)
+    emit({"checks": checks, "measure": report}, as_json, lambda: text + "\n\n" + format_measure(report))

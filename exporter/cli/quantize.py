@@ -15,6 +15,7 @@ from exporter.cli.common import (
 from exporter.cli.describe import describe
 from exporter.quantize import CALIBRATORS, METHODS, QUANT_TYPES
 from runtime.artifact import Artifact
+from runtime.errors import ConfigError
 
 
 def names(v: str) -> tuple[str, ...]:
@@ -33,6 +34,8 @@ def summary(q: Artifact, report: bool) -> str:
         lines.append(f"QDQ       {m['qdq']['quantize_linear']} QuantizeLinear nodes; " + (
             "symmetric (zero points 0): TensorRT can parse it" if m["qdq"]["tensorrt_parsable"]
             else f"{m['qdq']['nonzero_zero_points']} non-zero zero points: TensorRT's parser rejects it"))
+    if "fake_quantize" in m:
+        lines.append(f"OpenVINO  {m['fake_quantize']} FakeQuantize ops; runs on {', '.join(q.meta['runs_on'])}")
     if report and "sensitivity" in m:
         lines.append("sensitivity (output error 1 - cosine when only this node is quantized), worst first:")
         lines += [f"  {r['error']:.2e}  {r['node']}" for r in m["sensitivity"][:15]]
@@ -68,8 +71,11 @@ def summary(q: Artifact, report: bool) -> str:
 @click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points; needs --eval-data.")
 @eval_data_option("Labelled data for the accuracy guard (e.g. movie-snippets:dev).")
 @click.option("--report", is_flag=True, help="Per-node sensitivity analysis (output error when only it is quantized).")
-@click.option("--preset", type=choice(["performance", "mixed"]), default="performance", show_default=True,
-              help="nncf-int8: performance (symmetric, TensorRT-parsable) or mixed (asymmetric, not TensorRT-parsable).")
+@click.option("--target", type=choice(["tensorrt", "openvino"]), default="tensorrt", show_default=True,
+              help="nncf-int8: tensorrt (QDQ ONNX; also runs on onnxruntime and openvino) or openvino (OpenVINO IR).")
+@click.option("--preset", type=choice(["performance", "mixed"]), default=None,
+              help="nncf-int8: performance (symmetric, TensorRT-parsable) or mixed (asymmetric); "
+                   "default performance for --target tensorrt, mixed for openvino.")
 @click.option("--subset-size", default=300, show_default=True, type=int, help="nncf-int8: calibration items NNCF uses.")
 @click.option("--calib-pad-length", default=64, show_default=True, type=int,
               help="nncf-int8: pad (or cut) each calibration text to this many tokens; 0 = its own length.")
@@ -81,7 +87,8 @@ def summary(q: Artifact, report: bool) -> str:
 def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel: bool, reduce_range: bool,
              calib_data: str | None, calib_samples: int, calib_cache: Path | None, calibrator: str, percentile: float,
              op_types: str, exclude_op_types: str, exclude_nodes: str, activation_type: str, weight_type: str,
-             max_accuracy_drop: float | None, eval_data: str | None, report: bool, preset: str, subset_size: int,
+             max_accuracy_drop: float | None, eval_data: str | None, report: bool, target: str, preset: str | None,
+             subset_size: int,
              calib_pad_length: int, smooth_quant_alpha: float, text_column: str, label_column: str,
              force: bool, as_json: bool) -> None:
     """Quantize an ONNX artifact (int8 dynamic/static, fp16), validated and optionally accuracy-guarded."""
@@ -91,11 +98,14 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
     from exporter.stage import check_output
 
     config: Any
+    if method != "nncf-int8" and (target != "tensorrt" or preset):
+        raise ConfigError(f"--target and --preset are options of --method nncf-int8, got --method {method}")
     if method == "nncf-int8":
         from exporter.quantize_nncf import nncf_config_for
 
-        config = nncf_config_for(calib_data, preset=preset, subset_size=subset_size, calib_pad_length=calib_pad_length,
-                                 smooth_quant_alpha=smooth_quant_alpha, max_accuracy_drop=max_accuracy_drop)
+        config = nncf_config_for(calib_data, target=target, preset=preset or "", subset_size=subset_size,
+                                 calib_pad_length=calib_pad_length, smooth_quant_alpha=smooth_quant_alpha,
+                                 max_accuracy_drop=max_accuracy_drop)
     else:
         config = QuantConfig(method=method, optimize=optimize, per_channel=per_channel, reduce_range=reduce_range,
                              calibrator=calibrator, percentile=percentile, calib_samples=calib_samples,

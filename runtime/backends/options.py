@@ -82,7 +82,46 @@ class TorchOptions:
         _flag("trust_pickle", self.trust_pickle)
 
 
-OPTIONS: dict[str, type] = {"onnxruntime": OnnxRuntimeOptions, "torch": TorchOptions}
+# OpenVINO's inference precision: what its CPU plugin computes in. float16 needs AVX512-FP16 or AMX-FP16 (and
+# is rarely faster on CPU); whether this CPU has it is checked when the session opens (the plugin's
+# OPTIMIZATION_CAPABILITIES), never by silently running something else.
+OPENVINO_DTYPES = ("float32", "bfloat16", "float16")
+OPENVINO_HINTS = ("latency", "throughput")
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    threads: int = 0  # INFERENCE_NUM_THREADS; 0: OpenVINO's choice (every physical core)
+    # NUM_STREAMS; 0: what the hint implies. One synchronous caller uses one stream, so more streams only
+    # help when several callers run at once (kiln serve with several workers)
+    streams: int = 0
+    hint: str = "latency"  # PERFORMANCE_HINT: latency (one stream on all cores) or throughput (many streams)
+    # INFERENCE_PRECISION_HINT. Set explicitly: on CPUs with AMX OpenVINO's own default is bfloat16, so an
+    # unset hint would silently compute in another precision on another machine
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _whole("threads", self.threads, 0)
+        _whole("streams", self.streams, 0)
+        if self.hint not in OPENVINO_HINTS:
+            raise ConfigError(f"unknown openvino hint {self.hint!r}; valid: {', '.join(OPENVINO_HINTS)}")
+        if self.dtype not in OPENVINO_DTYPES:
+            raise ConfigError(f"unknown openvino dtype {self.dtype!r}; valid: {', '.join(OPENVINO_DTYPES)}")
+
+    def compile_config(self) -> dict[str, str]:
+        """The CPU plugin's properties, by their string names (stable across OpenVINO releases)."""
+        config = {"PERFORMANCE_HINT": self.hint.upper(),
+                  "INFERENCE_PRECISION_HINT": {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[self.dtype]}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = str(self.threads)
+        if self.streams:
+            config["NUM_STREAMS"] = str(self.streams)
+        return config
+
+
+OPTIONS: dict[str, type] = {"onnxruntime": OnnxRuntimeOptions, "torch": TorchOptions, "openvino": OpenVinoOptions}
+# backends whose options have a `dtype` (the CLI's --dtype goes to these)
+DTYPE_BACKENDS = ("torch", "openvino")
 
 
 def valid_keys(cls: type) -> list[str]:
@@ -117,11 +156,27 @@ def options_for(backend: str, options: Any = None, **values: Any) -> Any:
 
 def torch_only(backends: Sequence[str], device: str, dtype: str | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
     """The CLI's --dtype / --cuda-graphs (and kiln serve's): checked once, the same way for every command.
-    Returns the torch options that were given."""
+    Returns the torch options that were given. --dtype is also the openvino backend's inference precision
+    (see dtype_options)."""
     given: dict[str, Any] = {k: v for k, v in (("dtype", dtype), ("cuda_graphs", cuda_graphs)) if v}
-    if given and "torch" not in backends:
+    if cuda_graphs and "torch" not in backends:
         raise ConfigError("dtype and cuda_graphs are options of the torch backend; add --backend torch")
+    if dtype and not set(backends) & set(DTYPE_BACKENDS):
+        raise ConfigError("dtype and cuda_graphs are options of the torch backend; add --backend torch "
+                          "(dtype is also the openvino backend's inference precision: --backend openvino)")
     if cuda_graphs and device != "cuda":
         raise ConfigError("cuda_graphs needs --device cuda")
-    TorchOptions(**given)  # validates the values
+    if "torch" in backends:
+        TorchOptions(**given)  # validates the values
+    if dtype and "openvino" in backends:
+        OpenVinoOptions(dtype=dtype)
     return given
+
+
+def dtype_options(backend: str, torch_options: dict[str, Any]) -> dict[str, Any]:
+    """The part of torch_only's result that `backend` takes (openvino: only dtype)."""
+    if backend == "torch":
+        return torch_options
+    if backend == "openvino":
+        return {k: v for k, v in torch_options.items() if k == "dtype"}
+    return {}

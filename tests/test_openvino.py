@@ -1,0 +1,172 @@
+"""The openvino backend: options validated once, the same feed checks, one-line errors, and the same answers
+as onnxruntime on the tiny model (ONNX read directly, and an OpenVINO IR artifact)."""
+
+import dataclasses
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from runtime import Artifact, TextClassifier
+from runtime.backends.options import OpenVinoOptions, options_for
+from runtime.errors import ArtifactError, BackendError, ConfigError, InputError
+from runtime.session import open_session
+from tests.test_cli import one_line_error, run
+
+TEXTS = ["the movie was good", "bad", "a very long and boring film , but fun", "great acting !", "dull"]
+
+
+def needs_openvino():
+    pytest.importorskip("openvino")
+
+
+def test_options_are_typed_and_validated_once():
+    assert OpenVinoOptions().compile_config() == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    cfg = OpenVinoOptions(threads=2, streams=1, hint="throughput", dtype="bfloat16").compile_config()
+    assert cfg == {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "bf16",
+                   "INFERENCE_NUM_THREADS": "2", "NUM_STREAMS": "1"}
+    with pytest.raises(ConfigError, match="unknown openvino hint 'fast'; valid: latency, throughput"):
+        OpenVinoOptions(hint="fast")
+    with pytest.raises(ConfigError, match="unknown openvino dtype 'int4'; valid: float32, bfloat16, float16"):
+        OpenVinoOptions(dtype="int4")
+    with pytest.raises(ConfigError, match="streams must be an integer >= 0, got -1"):
+        OpenVinoOptions(streams=-1)
+    with pytest.raises(ConfigError, match="unknown openvino option.*spinning.*spinning is an option of the onnxruntime"):
+        options_for("openvino", {"spinning": False})
+
+
+def test_missing_openvino_is_one_line_naming_the_extra(tiny_onnx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    with pytest.raises(BackendError, match=r"openvino is not installed; pip install 'modelkiln\[openvino\]', "
+                                           "or use --backend onnxruntime"):
+        open_session(tiny_onnx, backend="openvino").open()
+    one_line_error(run("bench", tiny_onnx.path, "--backend", "openvino", "--batch-sizes", "1", "--iters", "1"),
+                   "openvino is not installed; pip install 'modelkiln[openvino]'")
+
+
+def test_formats_it_cannot_open_are_one_line(tiny_bert, tiny_onnx, tmp_path):
+    from exporter.load import load_checkpoint
+
+    with pytest.raises(ConfigError, match="backend 'openvino' cannot open a 'hf' artifact; it opens onnx, openvino"):
+        open_session(load_checkpoint(tiny_bert, "text-classification"), backend="openvino")
+    with pytest.raises(ConfigError, match="runs on the CPU here, got device 'cuda'; use --device cpu"):
+        open_session(tiny_onnx, backend="openvino", device="cuda").open()
+
+
+def test_onnx_with_ops_openvino_cannot_read_is_one_line(tiny_onnx, tmp_path):
+    needs_openvino()
+    import onnx
+    from onnx import TensorProto, helper
+
+    # an onnxruntime-only contrib op, as in Kiln's fused dynamic-int8 artifacts (QAttention)
+    node = helper.make_node("NotAnOpenVinoOp", ["input_ids"], ["logits"], domain="com.microsoft")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    art = dataclasses.replace(tiny_onnx, path=tmp_path)
+    with pytest.raises(ArtifactError, match=r"OpenVINO cannot read .*model.onnx: no conversion for "
+                                            r"com.microsoft.NotAnOpenVinoOp .*--backend onnxruntime") as e:
+        open_session(art, backend="openvino").open()
+    assert "\n" not in str(e.value)
+
+
+def test_a_precision_the_cpu_lacks_is_refused(tiny_onnx, monkeypatch):
+    needs_openvino()
+    import runtime.backends.ov as ov_backend
+
+    monkeypatch.setattr(ov_backend, "cpu_capabilities", lambda core: ["FP32", "INT8"])  # a CPU without BF16
+    with pytest.raises(ConfigError, match=r"this CPU has no bfloat16 support in OpenVINO .*valid here: float32"):
+        open_session(tiny_onnx, backend="openvino", dtype="bfloat16").open()
+    one_line_error(run("bench", tiny_onnx.path, "--backend", "openvino", "--dtype", "bfloat16", "--batch-sizes", "1",
+                       "--iters", "1"), "this CPU has no bfloat16 support")
+
+
+def test_same_answers_as_onnxruntime_and_same_feed_checks(tiny_onnx):
+    needs_openvino()
+    with TextClassifier(tiny_onnx, backend="openvino", threads=1) as ov, TextClassifier(tiny_onnx) as ort:
+        assert ov.session.describe().startswith("openvino CPU (float32, latency")
+        np.testing.assert_allclose(ov.logits(TEXTS), ort.logits(TEXTS), atol=1e-5)
+        ids = {s.name: np.ones((1, 4), np.int64) for s in tiny_onnx.inputs}
+        with pytest.raises(InputError, match="got dtype int32, expected int64"):
+            ov.session.run({k: v.astype(np.int32) for k, v in ids.items()})
+        with pytest.raises(InputError, match="values must be 0..*the vocabulary has"):
+            ov.session.run({k: v * 10**6 for k, v in ids.items()})
+
+
+def test_bfloat16_where_the_cpu_has_it(tiny_onnx):
+    needs_openvino()
+    import openvino
+
+    from runtime.backends.ov import cpu_capabilities
+
+    if "BF16" not in cpu_capabilities(openvino.Core()):
+        pytest.skip("this CPU has no bfloat16 in OpenVINO")
+    with TextClassifier(tiny_onnx, backend="openvino", dtype="bfloat16") as bf, TextClassifier(tiny_onnx) as ref:
+        assert "bfloat16" in bf.session.describe()
+        np.testing.assert_allclose(bf.logits(TEXTS), ref.logits(TEXTS), atol=0.1)
+
+
+def test_batcher_and_concurrent_callers(tiny_onnx):
+    """One infer request is not thread-safe: the session serialises callers; the Batcher gives each its row."""
+    needs_openvino()
+    from runtime.batching import Batcher
+
+    texts = TEXTS * 4
+    with TextClassifier(tiny_onnx, backend="openvino") as clf:
+        single = [clf.predict([t])[0].scores for t in texts]
+        out: list = [None] * len(texts)
+        with Batcher(clf.predict_encoded, max_batch_size=4, max_delay_ms=5, bucket=lambda e: len(e.ids) // 16) as b:
+            def call(i):
+                out[i] = b(clf.encode([texts[i]])[0]).scores
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+    for got, alone in zip(out, single):
+        np.testing.assert_allclose(list(got.values()), list(alone.values()), atol=1e-5)
+
+
+def test_embedder(tmp_path):
+    needs_openvino()
+    from exporter.load import load_checkpoint
+    from exporter.onnx_export import OnnxConfig, to_onnx
+    from runtime import Embedder
+    from tests.conftest import build_tiny
+
+    art = to_onnx(load_checkpoint(build_tiny(tmp_path / "enc", task="feature-extraction"), "feature-extraction"),
+                  OnnxConfig(), tmp_path / "onnx")
+    with Embedder(art, backend="openvino") as ov, Embedder(art) as ort:
+        np.testing.assert_allclose(ov.embed(TEXTS), ort.embed(TEXTS), atol=1e-5)
+
+
+def test_ir_artifact_opens_with_auto(tiny_onnx, tmp_path):
+    needs_openvino()
+    from exporter.openvino_convert import to_openvino
+
+    ir = to_openvino(tiny_onnx, tmp_path / "ir")
+    loaded = Artifact.load(tmp_path / "ir")
+    assert loaded.format == "openvino" and loaded.model_file.name == "model.xml" and "model.bin" in loaded.files
+    assert ir.lineage[-1].metrics["validation"]["outputs"]["logits"]["max_abs"] < 1e-4
+    with open_session(loaded) as s, TextClassifier(tiny_onnx) as ref:  # auto picks openvino for IR
+        assert s.backend == "openvino"
+        with TextClassifier(loaded, session=s) as clf:
+            np.testing.assert_allclose(clf.logits(TEXTS), ref.logits(TEXTS), atol=1e-5)
+    with pytest.raises(ConfigError, match="backend 'onnxruntime' cannot open a 'openvino' artifact"):
+        open_session(loaded, backend="onnxruntime")
+
+
+def test_eval_and_serve_with_backend_openvino(tiny_onnx, tmp_path):
+    needs_openvino()
+    import json
+
+    from tests.conftest import sentiment_rows, write_csv
+    from tests.test_server import ThreadServer, request
+
+    data = write_csv(tmp_path / "d.csv", sentiment_rows(12, seed=3))
+    res = run("eval", tiny_onnx.path, "--data", data, "--backend", "openvino", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["backend"].startswith("openvino CPU")
+    with ThreadServer(tiny_onnx.path, backend="openvino", dtype="float32") as s:
+        status, _, raw = request(s.port, "POST", "/v1/predict", {"inputs": TEXTS[:3]})
+    assert status == 200 and len(json.loads(raw)["predictions"]) == 3
