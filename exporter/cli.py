@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
 
-from exporter import cli_build, cli_release, cli_serving, cli_stages, cli_triton
+from exporter import cli_bench, cli_build, cli_release, cli_serving, cli_stages, cli_triton
 from exporter.cli_common import (
     KilnGroup, backend_option, cuda_graphs_option, describe, device_option, dtype_option, emit, force_option, json_option,
     progress,
@@ -123,72 +122,6 @@ def predict(artifact: Path, texts: tuple[str, ...], file: Path | None, csv_path:
             emit(rows, as_json, lambda: "\n".join(f"{p.label:<12} {p.score:.4f}  {t}" for t, p in zip(inputs, preds)))
 
 
-def int_list(value: str, what: str) -> list[int]:
-    try:
-        items = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}") from None
-    if not items or any(v < 1 for v in items):
-        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}")
-    return items
-
-
-@main.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--batch-sizes", default="1,8,32", show_default=True)
-@click.option("--seq-len", default=128, show_default=True, type=int)
-@click.option("--backend", default="auto", show_default=True,
-              help="Comma-separated: auto, onnxruntime, torch (torch runs the checkpoint the artifact came from).")
-@device_option
-@click.option("--warmup", default=5, show_default=True, type=int)
-@click.option("--iters", default=30, show_default=True, type=int)
-@click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
-@click.option("--rounds", default=5, show_default=True, type=int,
-              help="Interleave the timed runs of every configuration in this many rounds (fair under drift).")
-@dtype_option
-@cuda_graphs_option
-@click.option("--markdown", is_flag=True, help="Print a Markdown table.")
-@json_option
-def bench(artifact: Path, batch_sizes: str, seq_len: int, backend: str, device: str, warmup: int, iters: int,
-          threads: int, rounds: int, dtype: str | None, cuda_graphs: bool, markdown: bool, as_json: bool) -> None:
-    """Measure latency percentiles and throughput per backend and batch size."""
-    from benchmarks.environment import capture_environment
-    from benchmarks.latency import example_feed, measure_interleaved, measure_latency
-    from benchmarks.report import table
-    from runtime.backends.options import torch_only
-    from runtime.session import open_session
-
-    sizes = int_list(batch_sizes, "--batch-sizes")
-    if seq_len < 1:
-        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
-    art = Artifact.load(artifact)
-    max_len = art.model_meta.max_length
-    if seq_len > max_len:
-        raise ConfigError(f"--seq-len {seq_len} exceeds the model's maximum length {max_len}")
-    options = {"threads": threads} if threads else {}
-    names = [b.strip() for b in backend.split(",") if b.strip()]
-    torch_options = torch_only(names, device, dtype, cuda_graphs)
-    with contextlib.ExitStack() as stack:
-        sessions = [stack.enter_context(open_session(art, backend=n, device=device,
-                                                     **options, **(torch_options if n == "torch" else {})))
-                    for n in names]
-        runs = {(n, b, seq_len): (s, example_feed(s, b, seq_len)) for n, s in zip(names, sessions) for b in sizes}
-        progress(f"{len(runs)} configurations x ({warmup} warm-up + {iters} timed runs), interleaved in {rounds} rounds")
-        sync = None
-        if device == "cuda" and any(n == "torch" for n in names):
-            import torch
-
-            sync = torch.cuda.synchronize
-        results = measure_interleaved(runs, warmup, iters, rounds) if sync is None else \
-            {k: measure_latency(s, f, warmup, iters, sync) for k, (s, f) in runs.items()}
-        rows = [r.to_dict() for r in results.values()]
-    report = {"artifact": str(art.path.absolute()), "results": rows, "environment": capture_environment()}
-    cols = ["backend", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput"]
-    env = report["environment"]
-    emit(report, as_json, lambda: table(rows, cols, markdown) +
-         f"\n\n{env['cpu']} ({env['cpu_count']} cores, {' '.join(env['cpu_flags'])}); throughput in sequences/s")
-
-
 @main.command()
 @json_option
 def doctor(as_json: bool) -> None:
@@ -203,7 +136,7 @@ def doctor(as_json: bool) -> None:
 
 for command in (cli_stages.finetune, cli_stages.prune, cli_stages.quantize, cli_stages.optimize, cli_stages.evaluate,
                 cli_serving.serve, cli_serving.loadtest, cli_release.sign, cli_release.verify, cli_release.keygen,
-                cli_build.build, cli_triton.export_triton):
+                cli_build.build, cli_triton.export_triton, cli_bench.bench, cli_bench.report):
     main.add_command(command)
 
 __all__ = ["main"]

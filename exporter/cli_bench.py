@@ -1,0 +1,139 @@
+"""`kiln bench` and `kiln report`: thin wiring over benchmarks.harness (all logic lives there)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+
+from exporter.cli_common import cuda_graphs_option, device_option, dtype_option, emit, json_option, progress
+from runtime.errors import ConfigError
+
+
+def int_list(value: str, what: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}") from None
+    if not items or any(v < 1 for v in items):
+        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}")
+    return items
+
+
+def command_line(ctx: click.Context) -> str:
+    """The command as typed, less options left at their defaults (the report's first line: rerun it)."""
+    parts = [ctx.command_path]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            parts += [str(v) for v in value or ()]
+        elif value not in (None, False, param.default, ()):
+            parts += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return " ".join([parts[0], *(shlex.quote(p) for p in parts[1:])])
+
+
+def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
+    from benchmarks.harness.render import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    return [out / f"{name}.json", *render(report, out, name)]
+
+
+def gate(report: dict[str, Any], baseline: Path, latency: str | None, accuracy: float | None, as_json: bool) -> None:
+    """Compare with the baseline: print the diff table, then one line; a broken budget exits non-zero."""
+    from benchmarks.harness.gate import Budget, GateFailed, broken, compare, parse_percent, summary
+    from benchmarks.harness.schema import load_report
+    from benchmarks.report import table
+
+    budget = Budget(parse_percent(latency, "--max-latency-regression"), accuracy)
+    rows = compare(load_report(baseline), report, budget)
+    report["gate"] = {"baseline": str(baseline), "rows": rows, "summary": summary(rows, budget)}
+    click.echo(table(rows, ["row", "metric", "baseline", "current", "change", "noise", "status"]), err=as_json)
+    if broken(rows):
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        raise GateFailed(report["gate"]["summary"])
+    click.echo(report["gate"]["summary"], err=as_json)
+
+
+@click.command()
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--suite", help="Run benchmarks/suites/NAME.toml (ci, release, peers) or a .toml path instead of ARTIFACTS.")
+@click.option("--batch-sizes", help="Comma-separated batch sizes to sweep [default: 1,8,32; none with --data alone].")
+@click.option("--seq-len", "--seq-lens", "seq_lens", help="Comma-separated sequence lengths (text models) "
+              "[default: min(128, each artifact's max length)]. Image models take their one fixed image size.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Comma-separated: auto, onnxruntime, openvino, torch; every artifact runs on each.")
+@device_option
+@click.option("--warmup", default=5, show_default=True, type=int)
+@click.option("--iters", default=30, show_default=True, type=int, help="Timed runs per configuration, all rounds together.")
+@click.option("--rounds", default=5, show_default=True, type=int,
+              help="Interleave every configuration in this many rounds (fair under drift; spread = noise).")
+@click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
+@dtype_option
+@cuda_graphs_option
+@click.option("--data", help="Labelled data (a file or NAME:SPLIT, e.g. movie-snippets:test): classify all of it "
+              "end to end per artifact; reports inputs/s, wall time, accuracy, macro-F1.")
+@click.option("--data-batch-size", default=32, show_default=True, type=int)
+@click.option("--baseline", type=click.Path(path_type=Path), help="A previous report (JSON) to gate against.")
+@click.option("--max-latency-regression", help="Latency budget against --baseline, e.g. 10%.")
+@click.option("--max-accuracy-drop", type=float, help="Accuracy budget against --baseline, in points (0.5 = 0.5%).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Write NAME.json, NAME.md and plots here.")
+@click.option("--markdown", is_flag=True, help="Print Markdown tables.")
+@json_option
+def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | None, seq_lens: str | None, backend: str,
+          device: str, warmup: int, iters: int, rounds: int, threads: int, dtype: str | None, cuda_graphs: bool,
+          data: str | None, data_batch_size: int, baseline: Path | None, max_latency_regression: str | None,
+          max_accuracy_drop: float | None, out: Path | None, markdown: bool, as_json: bool) -> None:
+    """Benchmark ARTIFACTS side by side: latency sweeps and/or end to end on labelled data, interleaved rounds."""
+    from benchmarks.harness import BenchPlan, DataConfig, SweepConfig, run_bench
+    from benchmarks.harness.render import markdown as render_md
+    from benchmarks.harness.run import default_candidates
+    from benchmarks.harness.suites import load_suite
+    from runtime.backends.options import torch_only
+
+    name = "bench"
+    if suite:
+        if artifacts:
+            raise ConfigError("give either --suite or ARTIFACTS, not both (a suite names its own artifacts)")
+        plan, settings = load_suite(suite)
+        out, name = out or settings["out"], settings["name"]
+        max_latency_regression = max_latency_regression or settings["gate"].get("max_latency_regression")
+        if max_accuracy_drop is None:
+            max_accuracy_drop = settings["gate"].get("max_accuracy_drop")
+    else:
+        if not artifacts:
+            raise ConfigError("name at least one ARTIFACT, or --suite NAME")
+        names = [b.strip() for b in backend.split(",") if b.strip()]
+        cands = default_candidates([str(a) for a in artifacts], names, device,
+                                   {"threads": threads} if threads else {}, torch_only(names, device, dtype, cuda_graphs))
+        sweep = None
+        if batch_sizes or seq_lens or not data:
+            per_round = max(1, iters // max(rounds, 1))
+            sweep = SweepConfig(tuple(int_list(batch_sizes or "1,8,32", "--batch-sizes")),
+                                tuple(int_list(seq_lens, "--seq-len")) if seq_lens else (), warmup, rounds, per_round)
+        data_cfg = DataConfig(data, data_batch_size, min(warmup, 1), rounds) if data else None
+        plan = BenchPlan(cands, sweep, data_cfg)
+    report = run_bench(plan, command_line(click.get_current_context()), progress)
+    if out:
+        for p in write_outputs(report, out, name):
+            progress(f"wrote {p}")
+    if baseline:
+        gate(report, baseline, max_latency_regression, max_accuracy_drop, as_json)
+    emit(report, as_json, lambda: render_md(report, md=markdown))
+
+
+@click.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Folder for the Markdown and plots.")
+def report(results: Path, out: Path) -> None:
+    """Re-render a benchmark report (JSON from `kiln bench`) as Markdown and PNG plots."""
+    from benchmarks.harness.render import render
+    from benchmarks.harness.schema import load_report
+
+    for p in render(load_report(results), out, results.stem):
+        click.echo(str(p))
