@@ -28,6 +28,7 @@ SUITES = Path(__file__).resolve().parents[1] / "suites"
 ROOT = SUITES.parents[1]
 TOP_KEYS = {"title", "out", "candidate", "sweep", "data", "peer", "gate"}
 NAMED_DATA = re.compile(r"^[\w-]+:\w+$")
+NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -40,7 +41,10 @@ def expand(value: Any) -> Any:
             if m.group(2) is None:
                 raise ConfigError(f"suite value {value!r} needs ${m.group(1)}, which is not set")
             return m.group(2)
-        return VAR.sub(sub, value)
+        out = VAR.sub(sub, value)
+        if out != value and NUMBER.match(out):  # rounds = "${KILN_BENCH_ROUNDS:-5}" is a number
+            return float(out) if "." in out else int(out)
+        return out
     if isinstance(value, list):
         return [expand(v) for v in value]
     if isinstance(value, dict):
