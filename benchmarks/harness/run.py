@@ -57,14 +57,19 @@ def plan_config(plan: BenchPlan) -> dict[str, Any]:
 def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -> dict[str, Any]:
     """Run the plan; return the report (schema_version'd, validated)."""
     env = capture_environment()
+    if plan.peers:
+        from benchmarks.harness.peers import peer_python
+
+        for peer in plan.peers:
+            peer_python(peer.python)
     results = run_sweep(plan.candidates, plan.sweep, progress) if plan.sweep else []
     data_rows: list[dict[str, Any]] = []
     if plan.data:
         client = None
         if plan.peers:
-            from benchmarks.harness.peers import PeerClient
+            from benchmarks.harness.peers import PeerClient, peer_python
 
-            python = plan.peers[0].python
+            python = peer_python(plan.peers[0].python)  # a missing peer environment fails before any timing
             client = lambda: PeerClient(python)  # noqa: E731
         data_rows = run_data(plan.candidates, plan.data, plan.peers, client, progress)
         peer_versions = next((r.get("versions") for r in data_rows if r.get("versions")), None)
