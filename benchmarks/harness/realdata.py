@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmarks.harness.candidates import Candidate, Peer
 from benchmarks.harness.sweep import Progress, artifact_digest, load_candidates
-from benchmarks.harness.timing import NOISY_SPREAD, Timings, check_counts, interleave, latency_stats
+from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, interleave, latency_stats
 from runtime.errors import ConfigError, DataError
 
 
@@ -147,7 +147,7 @@ def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequenc
             for _ in range(config.warmup):
                 r()
             r.batch_ms.clear()
-        times = interleave(fns, 0, config.rounds, 1, on_round=lambda i, k: say(f"data round {i}/{k}"))
+        times = interleave(fns, 0, config.rounds, 1, on_round=lambda i, k: say(f"data rounds {bar(i, k)}"))
         rows = []
         for r in runners:
             stats = latency_stats(Timings(tuple(tuple(x) for x in times[r.label]), n), config.noisy_spread)

@@ -56,9 +56,10 @@ def markdown(report: dict[str, Any], md: bool = True) -> str:
         rows, ratio_cols = peer_ratios(flagged(report["data_results"]))
         first = report["data_results"][0]
         lines += [f"## End to end on {first['data']} ({first['n']} inputs, sha256 {first['data_sha256'][:12]})", "",
-                  f"Inputs in, labels out (tokenization included), batch size {first['batch_size']}, "
+                  f"Inputs in, labels out (preprocessing included: tokenization, or image decoding and resizing; "
+                  f"sentences_per_s counts images for an image model), batch size {first['batch_size']}, "
                   f"{first.get('rounds')} interleaved passes per candidate; sentences/s and wall time at the median "
-                  "pass. Batch latency: Kiln's rows time each model call of its pipeline (tokenization runs once "
+                  "pass. Batch latency: Kiln's rows time each model call of its pipeline (preprocessing runs once "
                   "per pass before them); a peer's rows time each pipeline call of a batch, tokenization included.",
                   "", table(rows, DATA_COLUMNS + ratio_cols, markdown=md), ""]
     noisy = [r["candidate"] for r in report["results"] + report["data_results"] if r["noisy"]]

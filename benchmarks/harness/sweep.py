@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from benchmarks.environment import gpu_memory_used_mb, rss_mb
 from benchmarks.harness.candidates import Candidate
-from benchmarks.harness.timing import NOISY_SPREAD, Timings, check_counts, interleave, latency_stats
+from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, interleave, latency_stats
 from runtime.artifact import Artifact, digest_of
 from runtime.errors import ConfigError
 
@@ -113,7 +113,7 @@ def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
         say(f"{len(fns)} configurations x ({config.warmup} warm-up + {config.rounds} rounds x {config.per_round} "
             "timed runs), interleaved")
         times = interleave(fns, config.warmup, config.rounds, config.per_round, sync=gpu_sync(candidates),
-                           on_round=lambda r, n: say(f"latency round {r}/{n}"))
+                           on_round=lambda r, n: say(f"latency rounds {bar(r, n)}"))
         gpu = gpu_memory_used_mb() if any(c.device == "cuda" for c in candidates) else []
     torch_peak = torch_gpu_peak_mb()
     out = []

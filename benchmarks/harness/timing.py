@@ -47,6 +47,12 @@ def latency_stats(t: Timings, noisy_spread: float = NOISY_SPREAD) -> dict[str, A
             "noisy": bool(spread > noisy_spread)}
 
 
+def bar(done: int, total: int, width: int = 20) -> str:
+    """A text progress bar for stderr: [#########-----------] 3/7."""
+    filled = width * done // max(total, 1)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"
+
+
 def check_counts(warmup: int, rounds: int, per_round: int) -> None:
     if warmup < 0 or rounds < 1 or per_round < 1:
         raise ConfigError(f"warmup must be >= 0, rounds and iterations per round >= 1; "
