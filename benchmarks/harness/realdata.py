@@ -143,7 +143,9 @@ def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequenc
         fns = {r.label: r for r in runners}
         if len(fns) != len(runners):
             raise ConfigError(f"two candidates share a label: {[r.label for r in runners]}; give each its own label")
-        for r in runners:  # warm-up batches are not batch latencies
+        for i, r in enumerate(runners):  # warm-up batches are not batch latencies
+            if config.warmup:
+                say(f"warm-up {bar(i + 1, len(runners))} {r.label}")
             for _ in range(config.warmup):
                 r()
             r.batch_ms.clear()
