@@ -9,18 +9,10 @@ from typing import Any
 
 import click
 
-from exporter.cli_common import cuda_graphs_option, device_option, dtype_option, emit, json_option, progress
+from exporter.cli_common import (
+    cuda_graphs_option, device_option, dtype_option, emit, int_list, json_option, progress,
+)
 from runtime.errors import ConfigError
-
-
-def int_list(value: str, what: str) -> list[int]:
-    try:
-        items = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}") from None
-    if not items or any(v < 1 for v in items):
-        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}")
-    return items
 
 
 def command_line(ctx: click.Context) -> str:
@@ -43,15 +35,13 @@ def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
     return [out / f"{name}.json", *render(report, out, name)]
 
 
-def gate(report: dict[str, Any], baseline: Path, latency: str | None, accuracy: float | None, as_json: bool) -> None:
+def gate(report: dict[str, Any], baseline: dict[str, Any], where: Path, budget: Any, as_json: bool) -> None:
     """Compare with the baseline: print the diff table, then one line; a broken budget exits non-zero."""
-    from benchmarks.harness.gate import Budget, GateFailed, broken, compare, parse_percent, summary
-    from benchmarks.harness.schema import load_report
+    from benchmarks.harness.gate import GateFailed, broken, compare, summary
     from benchmarks.report import table
 
-    budget = Budget(parse_percent(latency, "--max-latency-regression"), accuracy)
-    rows = compare(load_report(baseline), report, budget)
-    report["gate"] = {"baseline": str(baseline), "rows": rows, "summary": summary(rows, budget)}
+    rows = compare(baseline, report, budget)
+    report["gate"] = {"baseline": str(where), "rows": rows, "summary": summary(rows, budget)}
     click.echo(table(rows, ["row", "metric", "baseline", "current", "change", "noise", "status"]), err=as_json)
     if broken(rows):
         if as_json:
@@ -97,6 +87,9 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
     from runtime.backends.options import torch_only
 
     name = "bench"
+    if (max_latency_regression or max_accuracy_drop is not None) and not baseline:
+        raise ConfigError("--max-latency-regression / --max-accuracy-drop are budgets against a previous report: "
+                          "add --baseline old.json")
     if suite:
         if artifacts:
             raise ConfigError("give either --suite or ARTIFACTS, not both (a suite names its own artifacts)")
@@ -118,12 +111,19 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
                                 tuple(int_list(seq_lens, "--seq-len")) if seq_lens else (), warmup, rounds, per_round)
         data_cfg = DataConfig(data, data_batch_size, min(warmup, 1), rounds) if data else None
         plan = BenchPlan(cands, sweep, data_cfg)
+    base_report = budget = None
+    if baseline:  # read and check the baseline and budgets before spending minutes measuring
+        from benchmarks.harness.gate import Budget, parse_percent
+        from benchmarks.harness.schema import load_report
+
+        budget = Budget(parse_percent(max_latency_regression, "--max-latency-regression"), max_accuracy_drop)
+        base_report = load_report(baseline)
     report = run_bench(plan, command_line(click.get_current_context()), progress)
     if out:
         for p in write_outputs(report, out, name):
             progress(f"wrote {p}")
-    if baseline:
-        gate(report, baseline, max_latency_regression, max_accuracy_drop, as_json)
+    if base_report is not None:
+        gate(report, base_report, baseline, budget, as_json)
     emit(report, as_json, lambda: render_md(report, md=markdown))
 
 

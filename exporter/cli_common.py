@@ -11,7 +11,7 @@ import click
 
 from runtime.artifact import Artifact
 from runtime.backends.options import TORCH_DTYPES
-from runtime.errors import KilnError
+from runtime.errors import ConfigError, KilnError
 
 
 class KilnGroup(click.Group):
@@ -55,6 +55,17 @@ def emit(data: Any, as_json: bool, human: Callable[[], str]) -> None:
         raise KilnError("the result holds NaN or infinity, which JSON cannot represent; nothing was printed "
                         "(run without --json to see the values)") from None
     click.echo(text)
+
+
+def int_list(value: str, what: str) -> list[int]:
+    """"1,8,32" -> [1, 8, 32]; anything else is a ConfigError naming the option."""
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}") from None
+    if not items or any(v < 1 for v in items):
+        raise ConfigError(f"{what} must be comma-separated positive integers, got {value!r}")
+    return items
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

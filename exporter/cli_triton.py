@@ -40,7 +40,7 @@ def export_triton(artifacts: tuple[Path, ...], out: Path, names: tuple[str, ...]
                   force: bool, as_json: bool) -> None:
     """Write a Triton model repository: per text classifier, the model, a tokenizer and a label model, and
     an ensemble that takes raw text (TEXT) and answers LABEL and SCORES."""
-    from exporter.cli import int_list
+    from exporter.cli_common import int_list
     from exporter.stage import check_output
     from exporter.triton import TritonConfig, to_triton
 

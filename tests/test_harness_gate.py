@@ -156,3 +156,7 @@ def test_bad_input_is_one_line_each(tiny_onnx, tiny_report, tmp_path):
     one_line_error(run("bench", "--suite", tmp_path / "bad.toml"), "does not parse")
     one_line_error(run("bench", "--suite", "no-such-suite"), "no suite 'no-such-suite'")
     one_line_error(run("report", tmp_path / "empty.csv", "-o", tmp_path / "o"), "is not JSON")
+    one_line_error(run("bench", tiny_onnx.path, "--max-latency-regression", "10%"), "add --baseline old.json")
+    one_line_error(run("bench", tiny_onnx.path, "--batch-sizes", "1", "--seq-len", "8", "--iters", "1",
+                       "--baseline", write(tmp_path / "ok.json", tiny_report), "--max-latency-regression", "ten"),
+                   "must be a percentage such as 10% or 10, got 'ten'")

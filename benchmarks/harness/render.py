@@ -32,8 +32,11 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "torch", "transformers", "tokenizers", "numpy", "openvino")
                      if k in v)
     gpus = "; ".join(env.get("gpus") or []) or "none"
-    return [f"- CPU: {env['cpu']}, {env['cpu_count']} cores, flags {' '.join(env['cpu_flags']) or 'none'}",
-            f"- GPU: {gpus}", f"- Kiln {env['kiln']}; {libs}"]
+    lines = [f"- CPU: {env['cpu']}, {env['cpu_count']} cores, flags {' '.join(env['cpu_flags']) or 'none'}",
+             f"- GPU: {gpus}", f"- Kiln {env['kiln']}; {libs}"]
+    if env.get("peer_versions"):  # the peers' own environment (benchmarks/peer/README.md)
+        lines.append("- Peers' environment: " + ", ".join(f"{k} {v}" for k, v in env["peer_versions"].items()))
+    return lines
 
 
 def markdown(report: dict[str, Any], md: bool = True) -> str:
@@ -124,7 +127,8 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
         ax.annotate(r["candidate"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--o", color="tab:orange", mfc="none", ms=12,
             label="Pareto front")
-    ax.set_xlabel("sentences/s (end to end)")
+    ax.set_xscale("log")  # ratios read as distances: 2x faster is the same step anywhere
+    ax.set_xlabel("sentences/s (end to end, log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Accuracy against throughput on {rows[0]['data']}")
     ax.grid(True, alpha=0.3)
