@@ -32,22 +32,52 @@ def cpu_flags(wanted: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "avx_
 
 
 def gpus() -> list[str]:
+    """One line per GPU: name, memory, driver version (nvidia-smi's own words)."""
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+def gpu_memory_used_mb() -> list[int]:
+    """Memory in use on each GPU now (every process's), in MiB; [] without nvidia-smi."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        return [int(v) for v in out.stdout.split()]
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return []
+
+
+def rss_mb() -> tuple[float, float]:
+    """This process's resident memory now and at its peak (VmRSS, VmHWM), in MB; (0, 0) off Linux."""
+    now = peak = 0.0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    now = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return round(now, 1), round(peak, 1)
+
+
 def capture_environment() -> dict[str, Any]:
+    versions = library_versions()
     return {
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_flags": cpu_flags(),
         "gpus": gpus(),
-        "versions": library_versions(),
+        "kiln": versions.get("modelkiln", "unknown"),
+        "versions": versions,
     }

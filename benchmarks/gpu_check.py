@@ -32,7 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.environment import capture_environment  # noqa: E402
-from benchmarks.latency import measure_latency, token_feed  # noqa: E402
+from benchmarks.harness import Candidate, SweepConfig, run_sweep  # noqa: E402
+from benchmarks.latency import token_feed  # noqa: E402
 from benchmarks.report import table  # noqa: E402
 from runtime import KilnError, open_session  # noqa: E402
 
@@ -176,14 +177,13 @@ def engine_table(art: Path, batch_sizes: list[int], seq_len: int, iters: int) ->
     onnx_art = Artifact.load(art)
     try:
         engine = to_tensorrt(onnx_art, BuildConfig(precision="fp16"), Path(tempfile.mkdtemp()) / "engine")
-        rows = []
         with open_session(engine, device="cuda") as s, open_session(onnx_art) as ref:
             feed = token_feed(s, 4, min(seq_len, 64))
             diff = max(float(abs(s.run(feed)[k] - ref.run(feed)[k]).max()) for k in s.run(feed))
-            for b in [b for b in batch_sizes if b <= 32]:  # the default profile's largest batch
-                r = measure_latency(s, token_feed(s, b, seq_len), warmup=5, iters=iters)
-                rows.append({"config": f"{s.describe()} fp16 (max abs diff vs onnxruntime {diff:.1e})"} | r.to_dict())
-        return rows
+        sweep = SweepConfig(tuple(b for b in batch_sizes if b <= 32),  # the default profile's largest batch
+                            (seq_len,), warmup=5, rounds=5, per_round=max(1, iters // 5))
+        return [{"config": f"{r['backend']} fp16 (max abs diff vs onnxruntime {diff:.1e})"} | r
+                for r in run_sweep([Candidate(engine.path, device="cuda")], sweep)]
     except KilnError as e:  # e.g. an RTX engine on a GPU it does not target: the refusal is the result
         return f"unavailable: {e}"
 
@@ -214,30 +214,32 @@ def main() -> None:
         except (ImportError, KilnError) as e:
             sys.exit(f"cannot export the default model here ({e}); export on a CPU machine and pass --artifact DIR")
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         sys.exit("gpu_check needs torch with CUDA")
 
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else None
-    rows = []
-    for label, backend, device, opts in [("torch cuda fp16", "torch", "cuda", {"dtype": "float16"}),
-                                         ("torch cuda fp16 + CUDA graphs", "torch", "cuda",
-                                          {"dtype": "float16", "cuda_graphs": True}),
-                                         ("torch cuda bf16", "torch", "cuda", {"dtype": "bfloat16"}),
-                                         ("torch cuda fp32", "torch", "cuda", {}),
-                                         ("onnxruntime cuda", "onnxruntime", "cuda", {}),
-                                         ("onnxruntime cpu", "onnxruntime", "cpu", {}),
-                                         ("torch cpu fp32", "torch", "cpu", {})]:
+    # every configuration that opens here is timed by the harness's one sweep, in interleaved rounds
+    configs = [("torch cuda fp16", "torch", "cuda", {"dtype": "float16"}),
+               ("torch cuda fp16 + CUDA graphs", "torch", "cuda", {"dtype": "float16", "cuda_graphs": True}),
+               ("torch cuda bf16", "torch", "cuda", {"dtype": "bfloat16"}),
+               ("torch cuda fp32", "torch", "cuda", {}),
+               ("onnxruntime cuda", "onnxruntime", "cuda", {}),
+               ("onnxruntime cpu", "onnxruntime", "cpu", {}),
+               ("torch cpu fp32", "torch", "cpu", {})]
+    rows, usable = [], []
+    for label, backend, device, opts in configs:
         try:
-            with open_session(art, backend=backend, device=device, **opts) as s:
-                for b in [int(x) for x in args.batch_sizes.split(",")]:
-                    if device == "cpu" and b > 32:
-                        continue
-                    r = measure_latency(s, token_feed(s, b, args.seq_len), warmup=5, iters=args.iters,
-                                        sync=sync if device == "cuda" else None)
-                    rows.append({"config": label} | r.to_dict())
+            with open_session(art, backend=backend, device=device, **opts):
+                usable.append(Candidate(art, backend, device, opts, label=label))
         except KilnError as e:
             rows.append({"config": label, "backend": f"unavailable: {e}"})
+    sizes = tuple(int(x) for x in args.batch_sizes.split(","))
+    per_round = max(1, args.iters // 5)
+    for group, batches in (([c for c in usable if c.device == "cuda"], sizes),
+                           ([c for c in usable if c.device == "cpu"], tuple(b for b in sizes if b <= 32))):
+        if group and batches:
+            sweep = SweepConfig(batches, (args.seq_len,), warmup=5, rounds=5, per_round=per_round)
+            rows += [{"config": r["candidate"]} | r for r in run_sweep(group, sweep)]
     print(table(rows, ["config", "backend", "batch", "seq_len", "p50_ms", "p99_ms", "throughput"]))
     engines = engine_table(art, [int(x) for x in args.batch_sizes.split(",")], args.seq_len, args.iters)
     print("\nTensorRT engine: " + (engines if isinstance(engines, str) else "\n" + table(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -44,25 +43,16 @@ def token_feed(session: Session, batch: int, seq_len: int, seed: int = 0) -> dic
 
 def measure_interleaved(runs: dict[tuple[str, int, int], tuple[Session, dict[str, np.ndarray]]], warmup: int = 5,
                         iters: int = 30, rounds: int = 5) -> dict[tuple[str, int, int], LatencyResult]:
-    """Like measure_latency for several (session, feed) pairs, timed in interleaved rounds: each round
-    runs every pair iters/rounds times, so drift in the machine's speed hits every pair alike."""
+    """Like measure_latency for several (session, feed) pairs, timed in interleaved rounds (the harness's
+    one loop, benchmarks/harness/timing.py): drift in the machine's speed hits every pair alike."""
+    from benchmarks.harness.timing import interleave
+
     if warmup < 0 or iters < 1 or rounds < 1:
         raise ConfigError(f"warmup must be >= 0, iters and rounds >= 1; got {warmup}, {iters}, {rounds}")
-    times: dict[tuple[str, int, int], list[float]] = {k: [] for k in runs}
-    for sess, feed in runs.values():
-        for _ in range(warmup):
-            sess.run(feed)
-    per_round = max(1, iters // rounds)
-    for _ in range(rounds):
-        for key, (sess, feed) in runs.items():
-            # onnxruntime's idle workers spin for a while after a run; let them park before the next
-            # configuration starts, or it pays for the previous one's threads
-            time.sleep(0.2)
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                sess.run(feed)
-                times[key].append((time.perf_counter() - t0) * 1000)
-    return {key: summarize(runs[key][0].describe(), runs[key][1], np.asarray(ms), family_of(runs[key][0]))
+    fns = {key: (lambda s=sess, f=feed: s.run(f)) for key, (sess, feed) in runs.items()}
+    times = interleave(fns, warmup, rounds, max(1, iters // rounds))
+    return {key: summarize(runs[key][0].describe(), runs[key][1], np.asarray([t for r in ms for t in r]),
+                     family_of(runs[key][0]))
             for key, ms in times.items()}
 
 
@@ -89,15 +79,9 @@ def summarize(backend: str, feed: dict[str, np.ndarray], ms: np.ndarray, family:
 def measure_latency(session: Session, feed: dict[str, np.ndarray], warmup: int = 5, iters: int = 30,
                     sync: Callable[[], None] | None = None) -> LatencyResult:
     """Time `iters` calls after `warmup` calls; `sync` (e.g. torch.cuda.synchronize) runs before each clock read."""
+    from benchmarks.harness.timing import interleave
+
     if warmup < 0 or iters < 1:
         raise ConfigError(f"warmup must be >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
-    for _ in range(warmup):  # first runs pay for lazy kernel selection and memory arenas
-        session.run(feed)
-    times = np.empty(iters)
-    for i in range(iters):
-        t0 = time.perf_counter()
-        session.run(feed)
-        if sync:
-            sync()
-        times[i] = time.perf_counter() - t0
-    return summarize(session.describe(), feed, times * 1000, family_of(session))
+    times = interleave({0: lambda: session.run(feed)}, warmup, rounds=1, per_round=iters, sync=sync, pause_s=0)
+    return summarize(session.describe(), feed, np.asarray(times[0][0]), family_of(session))

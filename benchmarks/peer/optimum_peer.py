@@ -2,7 +2,7 @@
 Hugging Face optimum ORTOptimizer O2 + ORTQuantizer with AutoQuantizationConfig.avx512_vnni(is_static=False).
 
     PEER_PY benchmarks/peer/optimum_peer.py MODEL_DIR OUT_DIR
-writes OUT_DIR/model_quantized.onnx (and the fp32/optimized files optimum makes on the way).
+writes OUT_DIR/model_optimized_quantized.onnx (and the fp32/optimized files optimum makes on the way).
 """
 
 import sys

@@ -14,6 +14,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 from benchmarks.runs.common import write_results
 from calibration.datasets import load_texts
@@ -45,17 +46,20 @@ def main() -> None:
              for oh in args.overheads.split(",")}
     encoded = next(iter(pipes.values())).encode(sample)
     lengths = sorted(len(e.ids) for e in encoded)
-    seconds: dict[tuple[tuple[int, str, str], int], float] = {(c, b): 0.0 for c in pipes for b in batch_sizes}
-    for pipe in pipes.values():  # warm-up: every shape class once
-        pipe.predict_encoded(encoded)
-    for r in range(args.rounds):
-        for (c, b) in seconds:
-            time.sleep(0.2)
-            t0 = time.perf_counter()
+    from benchmarks.harness.timing import interleave
+
+    def groups_of(c: tuple[int, str, str], b: int) -> Callable[[], None]:
+        def run() -> None:
             for start in range(0, len(encoded), b):
                 pipes[c].predict_encoded(encoded[start:start + b])
-            seconds[(c, b)] += time.perf_counter() - t0
-        print(f"[batch_scaling] round {r + 1}/{args.rounds}", flush=True)
+        return run
+
+    for pipe in pipes.values():  # warm-up: every shape class once
+        pipe.predict_encoded(encoded)
+    fns = {(c, b): groups_of(c, b) for c in pipes for b in batch_sizes}
+    ms = interleave(fns, warmup=0, rounds=args.rounds, per_round=1,
+                    on_round=lambda r, n: print(f"[batch_scaling] round {r}/{n}", flush=True))
+    seconds = {key: sum(t for r in rounds for t in r) / 1000 for key, rounds in ms.items()}
     rows = []
     for (c, b), s in seconds.items():
         rate = args.sentences * args.rounds / s

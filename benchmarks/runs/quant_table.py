@@ -60,18 +60,16 @@ def peer_artifact(peer_python: str, ft: Artifact, work: Path) -> Artifact:
 
 def batch1_latency(arts: dict[str, Artifact], texts: list[str], rounds: int) -> dict[str, dict[str, float]]:
     """Each real sentence alone, unpadded; rounds interleave the models."""
+    import itertools
+
+    from benchmarks.harness.timing import interleave
+
     sessions = {n: TextClassifier(a, batch_size=1) for n, a in arts.items()}
-    feeds = {n: [c.feed_for(c.encode([t])) for t in texts] for n, c in sessions.items()}
-    times: dict[str, list[float]] = {n: [] for n in arts}
-    for n, c in sessions.items():
-        for f in feeds[n][:20]:
-            c.session.run(f)
-    for _ in range(rounds):
-        for n, c in sessions.items():
-            for f in feeds[n]:
-                t0 = time.perf_counter()
-                c.session.run(f)
-                times[n].append((time.perf_counter() - t0) * 1000)
+    feeds = {n: itertools.cycle([c.feed_for(c.encode([t])) for t in texts]) for n, c in sessions.items()}
+    # one timed call = the next sentence; a round runs every sentence once per model (per_round = len(texts))
+    fns = {n: (lambda c=c, f=feeds[n]: c.session.run(next(f))) for n, c in sessions.items()}
+    rounds_ms = interleave(fns, warmup=20, rounds=rounds, per_round=len(texts), pause_s=0)
+    times = {n: [t for r in ms for t in r] for n, ms in rounds_ms.items()}
     for c in sessions.values():
         c.close()
     return {n: {"median_ms": round(float(np.median(t)), 3), "p99_ms": round(float(np.percentile(t, 99)), 3)}

@@ -26,7 +26,7 @@ def main(quiet: bool) -> None:
 
 
 for command in (export.export, finetune.finetune, prune.prune, quantize.quantize, export.optimize, build.build,
-                build.export_triton, inspect.inspect, evaluate.evaluate, bench.bench, inspect.doctor, predict.predict,
+                build.export_triton, inspect.inspect, evaluate.evaluate, bench.bench, bench.report, inspect.doctor, predict.predict,
                 serve.serve, loadtest.loadtest, release.keygen, release.sign, release.verify):
     main.add_command(command)
 

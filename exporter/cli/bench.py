@@ -1,79 +1,145 @@
-"""`kiln bench`: latency percentiles and throughput per backend and batch size (the harness is benchmarks/)."""
+"""`kiln bench` and `kiln report`: thin wiring over benchmarks.harness (all logic lives there)."""
 
 from __future__ import annotations
 
-import contextlib
+import json
+import shlex
 from pathlib import Path
+from typing import Any
 
 import click
 
 from exporter.cli.common import (
     cuda_graphs_option, device_option, dtype_option, emit, example, int_list, json_option, progress,
 )
-from runtime.artifact import Artifact
 from runtime.errors import ConfigError
 
-DEFAULT_SEQ_LEN = 128  # or the artifact's maximum length, when that is shorter
+
+def command_line(ctx: click.Context) -> str:
+    """The command as typed, less options left at their defaults (the report's first line: rerun it)."""
+    parts = [ctx.command_path]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            parts += [str(v) for v in value or ()]
+        elif value not in (None, False, param.default, ()):
+            parts += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return " ".join([parts[0], *(shlex.quote(p) for p in parts[1:])])
 
 
-@click.command(epilog=example("kiln bench out --batch-sizes 1,8 --backend onnxruntime,torch",
-                              "kiln bench ft-int8 --seq-len 64 --json"))
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--seq-len", type=int, help=f"Tokens per input (default: {DEFAULT_SEQ_LEN}, or the artifact's maximum "
-              "length when shorter).")
+def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
+    from benchmarks.harness.render import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    return [out / f"{name}.json", *render(report, out, name)]
+
+
+def gate(report: dict[str, Any], baseline: dict[str, Any], where: Path, budget: Any, as_json: bool) -> None:
+    """Compare with the baseline: print the diff table, then one line; a broken budget exits non-zero."""
+    from benchmarks.harness.gate import GateFailed, broken, compare, summary
+    from benchmarks.report import table
+
+    rows = compare(baseline, report, budget)
+    report["gate"] = {"baseline": str(where), "rows": rows, "summary": summary(rows, budget)}
+    click.echo(table(rows, ["row", "metric", "baseline", "current", "change", "noise", "status"]), err=as_json)
+    if broken(rows):
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        raise GateFailed(report["gate"]["summary"])
+    click.echo(report["gate"]["summary"], err=as_json)
+
+
+@click.command(epilog=example(
+    "kiln bench ft-onnx ft-int8 --batch-sizes 1,8,32 -o bench-out",
+    "kiln bench ft-onnx ft-int8 --data movie-snippets:test --baseline old.json --max-latency-regression 10%",
+    "kiln bench --suite ci -o ci-report"))
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--suite", help="Run benchmarks/suites/NAME.toml (ci, release, peers) or a .toml path instead of ARTIFACTS.")
+@click.option("--batch-sizes", help="Comma-separated batch sizes to sweep [default: 1,8,32; none with --data alone].")
+@click.option("--seq-len", "--seq-lens", "seq_lens", help="Comma-separated sequence lengths (text models) "
+              "[default: min(128, each artifact's max length)]. Image models take their one fixed image size.")
 @click.option("--backend", default="auto", show_default=True,
-              help="Comma-separated: auto, onnxruntime, torch (torch runs the checkpoint the artifact came from).")
+              help="Comma-separated: auto, onnxruntime, openvino, torch; every artifact runs on each.")
 @device_option
-@click.option("--warmup", default=5, show_default=True, type=int, help="Untimed runs first.")
-@click.option("--iters", default=30, show_default=True, type=int, help="Timed runs per configuration.")
-@click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
+@click.option("--warmup", default=5, show_default=True, type=int, help="Untimed runs per configuration first.")
+@click.option("--iters", default=30, show_default=True, type=int, help="Timed runs per configuration, all rounds together.")
 @click.option("--rounds", default=5, show_default=True, type=int,
-              help="Interleave the timed runs of every configuration in this many rounds (fair under drift).")
+              help="Interleave every configuration in this many rounds (fair under drift; spread = noise).")
+@click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
 @dtype_option
 @cuda_graphs_option
-@click.option("--markdown", is_flag=True, help="Print a Markdown table.")
+@click.option("--data", help="Labelled data (a file or NAME:SPLIT, e.g. movie-snippets:test): classify all of it "
+              "end to end per artifact; reports inputs/s, wall time, accuracy, macro-F1.")
+@click.option("--data-batch-size", default=32, show_default=True, type=int,
+              help="--data: the pipeline's batch size (texts are length-sorted into batches of this size).")
+@click.option("--baseline", type=click.Path(path_type=Path), help="A previous report (JSON) to gate against.")
+@click.option("--max-latency-regression", help="Latency budget against --baseline, e.g. 10%.")
+@click.option("--max-accuracy-drop", type=float, help="Accuracy budget against --baseline, in points (0.5 = 0.5%).")
+@click.option("-o", "--output", "--out", "out", type=click.Path(path_type=Path),
+              help="Write NAME.json, NAME.md and plots here.")
+@click.option("--markdown", is_flag=True, help="Print Markdown tables.")
 @json_option
-def bench(artifact: Path, batch_sizes: str, seq_len: int | None, backend: str, device: str, warmup: int, iters: int,
-          threads: int, rounds: int, dtype: str | None, cuda_graphs: bool, markdown: bool, as_json: bool) -> None:
-    """Measure latency percentiles and throughput per backend and batch size."""
-    from benchmarks.environment import capture_environment
-    from benchmarks.latency import example_feed, measure_interleaved, measure_latency
-    from benchmarks.report import table
-    from runtime.backends.options import dtype_options, torch_only
-    from runtime.session import open_session
+def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | None, seq_lens: str | None, backend: str,
+          device: str, warmup: int, iters: int, rounds: int, threads: int, dtype: str | None, cuda_graphs: bool,
+          data: str | None, data_batch_size: int, baseline: Path | None, max_latency_regression: str | None,
+          max_accuracy_drop: float | None, out: Path | None, markdown: bool, as_json: bool) -> None:
+    """Benchmark ARTIFACTS side by side: latency sweeps and/or end to end on labelled data, interleaved rounds."""
+    from benchmarks.harness import BenchPlan, DataConfig, SweepConfig, run_bench
+    from benchmarks.harness.render import markdown as render_md
+    from benchmarks.harness.run import default_candidates
+    from benchmarks.harness.suites import load_suite
+    from runtime.backends.options import torch_only
 
-    sizes = int_list(batch_sizes, "--batch-sizes")
-    art = Artifact.load(artifact)
-    max_len = art.model_meta.max_length
-    if seq_len is None:
-        seq_len = min(DEFAULT_SEQ_LEN, max_len) if max_len else DEFAULT_SEQ_LEN
-    if seq_len < 1:
-        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
-    if max_len and seq_len > max_len:
-        raise ConfigError(f"--seq-len {seq_len} exceeds the model's maximum length {max_len}")
-    options = {"threads": threads} if threads else {}
-    names = [b.strip() for b in backend.split(",") if b.strip()]
-    torch_options = torch_only(names, device, dtype, cuda_graphs)
-    with contextlib.ExitStack() as stack:
-        sessions = [stack.enter_context(open_session(art, backend=n, device=device,
-                                                     **options, **dtype_options(n, torch_options)))
-                    for n in names]
-        runs = {(n, b, seq_len): (s, example_feed(s, b, seq_len)) for n, s in zip(names, sessions) for b in sizes}
-        progress(f"{len(runs)} configuration{'s' if len(runs) != 1 else ''} x ({warmup} warm-up + {iters} timed runs), "
-                 f"interleaved in {rounds} round{'s' if rounds != 1 else ''}, {seq_len} tokens")
-        sync = None
-        if device == "cuda" and any(n == "torch" for n in names):
-            import torch
+    name = "bench"
+    if (max_latency_regression or max_accuracy_drop is not None) and not baseline:
+        raise ConfigError("--max-latency-regression / --max-accuracy-drop are budgets against a previous report: "
+                          "add --baseline old.json")
+    if suite:
+        if artifacts:
+            raise ConfigError("give either --suite or ARTIFACTS, not both (a suite names its own artifacts)")
+        plan, settings = load_suite(suite)
+        out, name = out or settings["out"], settings["name"]
+        max_latency_regression = max_latency_regression or settings["gate"].get("max_latency_regression")
+        if max_accuracy_drop is None:
+            max_accuracy_drop = settings["gate"].get("max_accuracy_drop")
+    else:
+        if not artifacts:
+            raise ConfigError("name at least one ARTIFACT, or --suite NAME")
+        names = [b.strip() for b in backend.split(",") if b.strip()]
+        cands = default_candidates([str(a) for a in artifacts], names, device,
+                                   {"threads": threads} if threads else {}, torch_only(names, device, dtype, cuda_graphs))
+        sweep = None
+        if batch_sizes or seq_lens or not data:
+            per_round = max(1, iters // max(rounds, 1))
+            sweep = SweepConfig(tuple(int_list(batch_sizes or "1,8,32", "--batch-sizes")),
+                                tuple(int_list(seq_lens, "--seq-len")) if seq_lens else (), warmup, rounds, per_round)
+        data_cfg = DataConfig(data, data_batch_size, min(warmup, 1), rounds) if data else None
+        plan = BenchPlan(cands, sweep, data_cfg)
+    base_report = budget = None
+    if baseline:  # read and check the baseline and budgets before spending minutes measuring
+        from benchmarks.harness.gate import Budget, parse_percent
+        from benchmarks.harness.schema import load_report
 
-            sync = torch.cuda.synchronize
-        results = measure_interleaved(runs, warmup, iters, rounds) if sync is None else \
-            {k: measure_latency(s, f, warmup, iters, sync) for k, (s, f) in runs.items()}
-        rows = [r.to_dict() for r in results.values()]
-    report = {"artifact": str(art.path.absolute()), "results": rows, "environment": capture_environment()}
-    # the family's size column: seq_len for text, image (CxHxW) for vision
-    cols = ["backend", "batch", art.family.size_column, "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput"]
-    env = report["environment"]
-    emit(report, as_json, lambda: table(rows, cols, markdown) +
-         f"\n\n{env['cpu']} ({env['cpu_count']} cores, {' '.join(env['cpu_flags'])}); "
-         f"throughput in {art.family.item_name}/s")
+        budget = Budget(parse_percent(max_latency_regression, "--max-latency-regression"), max_accuracy_drop)
+        base_report = load_report(baseline)
+    report = run_bench(plan, command_line(click.get_current_context()), progress)
+    if out:
+        for p in write_outputs(report, out, name):
+            progress(f"wrote {p}")
+    if base_report is not None:
+        gate(report, base_report, baseline, budget, as_json)
+    emit(report, as_json, lambda: render_md(report, md=markdown))
+
+
+@click.command(epilog=example("kiln report bench-out/bench.json -o bench-out"))
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Folder for the Markdown and plots.")
+def report(results: Path, out: Path) -> None:
+    """Re-render a benchmark report (JSON from `kiln bench`) as Markdown and PNG plots."""
+    from benchmarks.harness.render import render
+    from benchmarks.harness.schema import load_report
+
+    for p in render(load_report(results), out, results.stem):
+        click.echo(str(p))

@@ -14,7 +14,7 @@ from runtime.errors import KilnError
 # workflow -> commands, in the order a user meets them; `kiln --help` prints one section per workflow
 SECTIONS = {
     "Make an artifact": ("export", "finetune", "prune", "quantize", "optimize", "build", "export-triton"),
-    "Check it": ("inspect", "eval", "bench", "doctor"),
+    "Check it": ("inspect", "eval", "bench", "report", "doctor"),
     "Run it": ("predict", "serve", "loadtest"),
     "Release it": ("keygen", "sign", "verify"),
 }

@@ -1,0 +1,49 @@
+"""What is measured: a Kiln artifact on one backend, or a peer (another library, in its own environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ConfigError
+
+PEER_KINDS = ("transformers-eager", "optimum-fp32", "optimum-int8")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A Kiln artifact opened with one backend. `label` names its rows (default: folder name + backend)."""
+
+    artifact: Path
+    backend: str = "auto"
+    device: str = "cpu"
+    options: dict[str, Any] = field(default_factory=dict)  # session options: threads, dtype, cuda_graphs
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "artifact", Path(self.artifact))
+        if not self.label:
+            suffix = "" if self.backend == "auto" else f"/{self.backend}"
+            object.__setattr__(self, "label", f"{self.artifact.name}{suffix}")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer pipeline run by benchmarks/peer/peer_server.py in its own Python (`python`)."""
+
+    kind: str
+    model: Path  # the Hugging Face checkpoint the peer loads (the one Kiln's artifacts came from)
+    python: str
+    batch_size: int = 32
+    label: str = ""
+    work_dir: Path | None = None  # where optimum writes its exported / quantized models
+
+    def __post_init__(self) -> None:
+        if self.kind not in PEER_KINDS:
+            raise ConfigError(f"peer kind must be one of {', '.join(PEER_KINDS)}, got {self.kind!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"peer batch_size must be >= 1, got {self.batch_size}")
+        object.__setattr__(self, "model", Path(self.model))
+        if not self.label:
+            object.__setattr__(self, "label", f"peer:{self.kind}")

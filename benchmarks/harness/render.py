@@ -1,0 +1,152 @@
+"""Render a report (already validated) for people: Markdown tables, and PNG plots with matplotlib."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import table
+
+LATENCY_COLUMNS = ["candidate", "backend", "input", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "throughput",
+                   "spread", "rss_added_mb"]
+DATA_COLUMNS = ["candidate", "runtime", "sentences_per_s", "wall_s", "batch_p50_ms", "batch_p99_ms", "accuracy",
+                "macro_f1", "spread"]
+
+
+def flagged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with their spread as a percentage, and NOISY written next to rows too noisy to trust."""
+    return [r | {"spread": f"{100 * r['spread']:.1f}%" + (" NOISY" if r["noisy"] else "")} for r in rows]
+
+
+def peer_ratios(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each data row with its sentences/s as a ratio to each peer's ('x peer:...' columns)."""
+    peers = [r for r in rows if r["candidate"].startswith("peer:")]
+    cols = [f"x {p['candidate']}" for p in peers]
+    out = [r | {c: f"{r['sentences_per_s'] / p['sentences_per_s']:.2f}" for c, p in zip(cols, peers)
+                if p["sentences_per_s"]} for r in rows]
+    return out, cols
+
+
+def environment_lines(env: dict[str, Any]) -> list[str]:
+    v = env.get("versions", {})
+    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "torch", "transformers", "tokenizers", "numpy", "openvino")
+                     if k in v)
+    gpus = "; ".join(env.get("gpus") or []) or "none"
+    lines = [f"- CPU: {env['cpu']}, {env['cpu_count']} cores, flags {' '.join(env['cpu_flags']) or 'none'}",
+             f"- GPU: {gpus}", f"- Kiln {env['kiln']}; {libs}"]
+    if env.get("peer_versions"):  # the peers' own environment (benchmarks/peer/README.md)
+        lines.append("- Peers' environment: " + ", ".join(f"{k} {v}" for k, v in env["peer_versions"].items()))
+    return lines
+
+
+def markdown(report: dict[str, Any], md: bool = True) -> str:
+    """The report for people; md=False draws the tables as aligned text for a terminal."""
+    lines = [f"# {report['config'].get('title') or 'Kiln benchmark'}", "",
+             f"Command: `{report['command']}`", "", f"Measured {report['created']}:", "",
+             *environment_lines(report["environment"]), ""]
+    if report.get("peak_rss_mb"):
+        lines += [f"Peak resident memory of the benchmark process: {report['peak_rss_mb']} MB", ""]
+    if report["results"]:
+        cfg = report["config"].get("sweep", {})
+        lines += ["## Latency (interleaved rounds)", "",
+                  f"{cfg.get('warmup')} warm-up runs, then {cfg.get('rounds')} rounds x {cfg.get('per_round')} timed "
+                  "runs per configuration, every configuration in each round. Throughput is rows/s at the median; "
+                  "spread is the range of the round medians over the median (NOISY above "
+                  f"{100 * cfg.get('noisy_spread', 0.1):.0f}%). Image models take one fixed input size: their "
+                  "input column names it instead of a sequence length.", "",
+                  table(flagged(report["results"]), LATENCY_COLUMNS, markdown=md), ""]
+    if report["data_results"]:
+        rows, ratio_cols = peer_ratios(flagged(report["data_results"]))
+        first = report["data_results"][0]
+        lines += [f"## End to end on {first['data']} ({first['n']} inputs, sha256 {first['data_sha256'][:12]})", "",
+                  f"Inputs in, labels out (preprocessing included: tokenization, or image decoding and resizing; "
+                  f"sentences_per_s counts images for an image model), batch size {first['batch_size']}, "
+                  f"{first.get('rounds')} interleaved passes per candidate; sentences/s and wall time at the median "
+                  "pass. Batch latency: Kiln's rows time each model call of its pipeline (preprocessing runs once "
+                  "per pass before them); a peer's rows time each pipeline call of a batch, tokenization included.",
+                  "", table(rows, DATA_COLUMNS + ratio_cols, markdown=md), ""]
+    noisy = [r["candidate"] for r in report["results"] + report["data_results"] if r["noisy"]]
+    if noisy:
+        lines += [f"Warning: {len(noisy)} row(s) too noisy to trust ({', '.join(sorted(set(noisy)))}); "
+                  "re-run on a quiet machine before drawing conclusions.", ""]
+    return "\n".join(lines)
+
+
+def plot_latency(report: dict[str, Any], path: Path) -> Path | None:
+    """p50 latency against batch size, one line per candidate (and sequence length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on CI machines
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for r in report["results"]:
+        name = r["candidate"] + (f" (seq {r['seq_len']})" if r["seq_len"] is not None else "")
+        series.setdefault(name, []).append((r["batch"], r["p50_ms"], r["p99_ms"]))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in series.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("p50 latency per batch (ms)")
+    ax.set_title("Latency against batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both throughput and accuracy (higher is better for both)."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any(x2 >= x and y2 >= y and (x2, y2) != (x, y) for x2, y2 in points)]
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
+    """Accuracy against sentences/s, every candidate a point, the Pareto front joined."""
+    rows = report["data_results"]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r["sentences_per_s"], 100 * r["accuracy"]) for r in rows]
+    front = sorted(pareto_front(pts), key=lambda i: pts[i][0])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, (x, y) in zip(rows, pts):
+        peer = r["candidate"].startswith("peer:")
+        ax.scatter([x], [y], marker="s" if peer else "o", color="grey" if peer else "tab:blue", zorder=3)
+        ax.annotate(r["candidate"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--o", color="tab:orange", mfc="none", ms=12,
+            label="Pareto front")
+    ax.set_xscale("log")  # ratios read as distances: 2x faster is the same step anywhere
+    ax.set_xlabel("sentences/s (end to end, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Accuracy against throughput on {rows[0]['data']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render(report: dict[str, Any], out_dir: Path, name: str = "report") -> list[Path]:
+    """Write NAME.md and the plots into out_dir; return the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / f"{name}.md"
+    md.write_text(markdown(report))
+    written = [md]
+    for fn, suffix in ((plot_latency, "latency"), (plot_pareto, "pareto")):
+        p = fn(report, out_dir / f"{name}-{suffix}.png")
+        if p:
+            written.append(p)
+    return written

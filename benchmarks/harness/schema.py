@@ -1,0 +1,77 @@
+"""The benchmark report's JSON schema (versioned) and its validator.
+
+A report is {"schema_version", "kind": "kiln-bench", "created", "command", "environment", "config",
+"results": [latency rows], "data_results": [data rows], "peak_rss_mb"}; rows are described by the
+required-key tables below. A reader refuses another schema_version instead of guessing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ValidationError
+
+SCHEMA_VERSION = 1
+KIND = "kiln-bench"
+
+NUM = (int, float)
+TOP = {"schema_version": int, "kind": str, "created": str, "command": str, "environment": dict, "config": dict,
+       "results": list, "data_results": list}
+ENVIRONMENT = {"cpu": str, "cpu_count": int, "cpu_flags": list, "gpus": list, "kiln": str, "versions": dict}
+STATS = {"iters": int, "p50_ms": NUM, "p90_ms": NUM, "p99_ms": NUM, "mean_ms": NUM, "min_ms": NUM,
+         "throughput": NUM, "spread": NUM, "noisy": bool}
+LATENCY_ROW = {"candidate": str, "artifact": str, "artifact_sha256": str, "backend": str, "device": str,
+               "batch": int, "seq_len": (int, type(None)), **STATS}
+DATA_ROW = {"candidate": str, "backend": str, "data": str, "data_sha256": str, "n": int, "batch_size": int,
+            "sentences_per_s": NUM, "wall_s": NUM, "batch_p50_ms": NUM, "batch_p99_ms": NUM, "accuracy": NUM,
+            "macro_f1": NUM, "spread": NUM, "noisy": bool}
+
+
+def check_keys(obj: Any, spec: dict[str, Any], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise ValidationError(f"{where} must be an object, got {type(obj).__name__}")
+    for key, typ in spec.items():
+        if key not in obj:
+            raise ValidationError(f"{where} has no {key!r}")
+        v = obj[key]
+        if isinstance(v, bool) and typ is not bool and bool not in (typ if isinstance(typ, tuple) else (typ,)):
+            raise ValidationError(f"{where}.{key} must be {typ}, got a boolean")
+        if not isinstance(v, typ):
+            want = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise ValidationError(f"{where}.{key} must be {want}, got {type(v).__name__} {v!r}")
+
+
+def validate(report: Any, where: str = "report") -> dict[str, Any]:
+    """Raise ValidationError (one line: where and what) unless `report` is a well-formed report of this version."""
+    if not isinstance(report, dict):
+        raise ValidationError(f"{where} is not a benchmark report (a JSON object), got {type(report).__name__}")
+    version = report.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValidationError(f"{where} has schema_version {version!r}; this Kiln reads schema_version "
+                              f"{SCHEMA_VERSION} (re-run the benchmark with this Kiln to make a comparable report)")
+    check_keys(report, TOP, where)
+    if report["kind"] != KIND:
+        raise ValidationError(f"{where} is a {report['kind']!r} file, not a {KIND!r} report")
+    check_keys(report["environment"], ENVIRONMENT, f"{where}.environment")
+    for i, row in enumerate(report["results"]):
+        check_keys(row, LATENCY_ROW, f"{where}.results[{i}]")
+    for i, row in enumerate(report["data_results"]):
+        check_keys(row, DATA_ROW, f"{where}.data_results[{i}]")
+        if not 0 <= row["accuracy"] <= 1:
+            raise ValidationError(f"{where}.data_results[{i}].accuracy must be in [0, 1], got {row['accuracy']}")
+    if not report["results"] and not report["data_results"]:
+        raise ValidationError(f"{where} holds no rows (neither results nor data_results)")
+    return report
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read and validate a report file; every problem is one ValidationError line naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValidationError(f"report {p} does not exist")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValidationError(f"report {p} is not JSON: {e}") from None
+    return validate(data, str(p))

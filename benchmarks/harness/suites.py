@@ -1,0 +1,132 @@
+"""Suites: a benchmark plan written down in benchmarks/suites/NAME.toml, run by `kiln bench --suite NAME`.
+
+    title = "..."                       # heads the Markdown report
+    out = "benchmarks/work/bench/NAME"  # where the report goes unless -o says otherwise
+    [[candidate]]  artifact, backend ("auto"), device ("cpu"), label, options = {threads = 2}
+    [sweep]        batch_sizes, seq_lens, warmup, rounds, per_round, noisy_spread   (omit: no latency sweep)
+    [data]         source, batch_size, warmup, rounds, text_column, label_column    (omit: no real-data pass)
+    [[peer]]       kind, model, python, batch_size, label, work_dir
+    [gate]         max_latency_regression ("10%"), max_accuracy_drop (points)
+
+Strings may use ${VAR} or ${VAR:-default}, so paths are configurable per machine; relative paths are
+relative to the repository root (where CI runs)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness.candidates import Candidate, Peer
+from benchmarks.harness.realdata import DataConfig
+from benchmarks.harness.run import BenchPlan
+from benchmarks.harness.sweep import SweepConfig
+from runtime.errors import ConfigError
+
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+ROOT = SUITES.parents[1]
+TOP_KEYS = {"title", "out", "candidate", "sweep", "data", "peer", "gate"}
+NAMED_DATA = re.compile(r"^[\w-]+:\w+$")
+NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand(value: Any) -> Any:
+    """${VAR} / ${VAR:-default} in strings (recursively); an unset variable without a default is an error."""
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) in os.environ:
+                return os.environ[m.group(1)]
+            if m.group(2) is None:
+                raise ConfigError(f"suite value {value!r} needs ${m.group(1)}, which is not set")
+            return m.group(2)
+        out = VAR.sub(sub, value)
+        if out != value and NUMBER.match(out):  # rounds = "${KILN_BENCH_ROUNDS:-5}" is a number
+            return float(out) if "." in out else int(out)
+        return out
+    if isinstance(value, list):
+        return [expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: expand(v) for k, v in value.items()}
+    return value
+
+
+def rooted(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
+def suite_path(name: str) -> Path:
+    p = Path(name)
+    if p.suffix == ".toml" or p.is_file():
+        return p
+    path = SUITES / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(f.stem for f in SUITES.glob("*.toml"))
+        raise ConfigError(f"no suite {name!r}; suites in {SUITES}: {', '.join(known)} (or give a .toml path)")
+    return path
+
+
+def build(cls: type, table: dict[str, Any], where: str, **fixed: Any) -> Any:
+    """cls(**table), an unknown key an error that lists the valid ones."""
+    import dataclasses
+
+    valid = [f.name for f in dataclasses.fields(cls) if f.name not in fixed and f.name != "extra"]
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    try:
+        return cls(**table, **fixed)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
+    """The plan a suite describes, and its settings (out, gate)."""
+    import tomllib
+
+    path = suite_path(name)
+    if not path.is_file():
+        raise ConfigError(f"suite file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"suite {path} does not parse: {e}") from None
+    raw = expand(raw)
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"suite {path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TOP_KEYS))}")
+    cands = []
+    for i, c in enumerate(raw.get("candidate", [])):
+        c = dict(c)
+        if "artifact" not in c:
+            raise ConfigError(f"suite {path}: candidate {i + 1} has no artifact")
+        c["artifact"] = rooted(c["artifact"])
+        cands.append(build(Candidate, c, f"suite {path} candidate {i + 1}"))
+    sweep = None
+    if "sweep" in raw:
+        s = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["sweep"].items()}
+        sweep = build(SweepConfig, s, f"suite {path} [sweep]")
+    data = None
+    if "data" in raw:
+        d = dict(raw["data"])
+        if d.get("source") and not NAMED_DATA.match(d["source"]):  # NAME:SPLIT stays a name
+            d["source"] = str(rooted(d["source"]))
+        data = build(DataConfig, d, f"suite {path} [data]")
+    peers = []
+    for i, p in enumerate(raw.get("peer", [])):
+        p = dict(p)
+        p.setdefault("python", os.environ.get("KILN_PEER_PYTHON", "/work/peer-venv/bin/python"))
+        p["model"] = rooted(p.get("model", ""))
+        if p.get("work_dir"):
+            p["work_dir"] = rooted(p["work_dir"])
+        peers.append(build(Peer, p, f"suite {path} peer {i + 1}"))
+    plan = BenchPlan(tuple(cands), sweep, data, tuple(peers), title=raw.get("title", path.stem),
+                     extra={"suite": path.stem})
+    settings = {"out": rooted(raw.get("out", f"benchmarks/work/bench/{path.stem}")), "gate": raw.get("gate", {}),
+                "name": path.stem}
+    return plan, settings
+
+
+__all__ = ["load_suite", "suite_path", "SUITES", "expand"]

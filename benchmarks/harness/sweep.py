@@ -1,0 +1,134 @@
+"""The one latency sweep: candidates x batch sizes x sequence lengths, timed in interleaved rounds."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from benchmarks.environment import gpu_memory_used_mb, rss_mb
+from benchmarks.harness.candidates import Candidate
+from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, interleave, latency_stats
+from runtime.artifact import Artifact, digest_of
+from runtime.errors import ConfigError
+
+DEFAULT_SEQ_LEN = 128  # a typical sentence batch's padded length; capped by the artifact's max_length
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    seq_lens: tuple[int, ...] = ()  # () : min(128, each artifact's max_length)
+    warmup: int = 3
+    rounds: int = 5
+    per_round: int = 6
+    noisy_spread: float = NOISY_SPREAD
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_sizes", "seq_lens"):
+            values = tuple(getattr(self, name))
+            if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+                raise ConfigError(f"{name} must be positive integers, got {list(values)}")
+            object.__setattr__(self, name, values)
+        if not self.batch_sizes:
+            raise ConfigError("batch_sizes must name at least one batch size")
+        check_counts(self.warmup, self.rounds, self.per_round)
+        if not 0 < self.noisy_spread < 10:
+            raise ConfigError(f"noisy_spread is a fraction of the median (e.g. 0.1), got {self.noisy_spread}")
+
+
+def is_fixed_shape(art: Artifact) -> bool:
+    """Image families take one input size (the artifact's preprocessing); only text has a sequence length."""
+    return art.family.name != "text"
+
+
+def seq_lens_for(art: Artifact, asked: Sequence[int]) -> list[int | None]:
+    """The sequence lengths to sweep for one artifact; a length beyond its max_length is an error."""
+    if is_fixed_shape(art):
+        return [None]
+    max_len = art.model_meta.max_length
+    if not asked:
+        return [min(DEFAULT_SEQ_LEN, max_len)]
+    too_long = [s for s in asked if s > max_len]
+    if too_long:
+        raise ConfigError(f"sequence length {too_long[0]} exceeds the model's maximum length {max_len} "
+                          f"({art.path}); give --seq-len 1..{max_len}")
+    return list(asked)
+
+
+def artifact_digest(art: Artifact) -> str:
+    """The artifact's content sha256 (over its manifest's recorded file hashes; no rehashing)."""
+    return digest_of(art.files) if art.files else ""
+
+
+def load_candidates(candidates: Sequence[Candidate]) -> list[Artifact]:
+    """Load every artifact first, so a missing one fails before anything is opened or timed."""
+    return [Artifact.load(c.artifact) for c in candidates]
+
+
+def gpu_sync(candidates: Sequence[Candidate]) -> Callable[[], None] | None:
+    """torch.cuda.synchronize when a torch candidate runs on CUDA (its calls return before the GPU is done)."""
+    if any(c.device == "cuda" and c.backend == "torch" for c in candidates):
+        import torch
+
+        return torch.cuda.synchronize
+    return None
+
+
+def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
+              progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Time every (candidate, batch, seq_len) in interleaved rounds; one row per configuration."""
+    from benchmarks.latency import example_feed
+    from runtime.session import open_session
+
+    say = progress or (lambda m: None)
+    arts = load_candidates(candidates)
+    plans = [(c, a, seq_lens_for(a, config.seq_lens)) for c, a in zip(candidates, arts)]
+    rows: dict[tuple[int, int, int | None], dict[str, Any]] = {}
+    fns: dict[tuple[int, int, int | None], Callable[[], Any]] = {}
+    with contextlib.ExitStack() as stack:
+        for i, (cand, art, lens) in enumerate(plans):
+            before, _ = rss_mb()
+            sess = stack.enter_context(open_session(art, backend=cand.backend, device=cand.device, **cand.options))
+            for seq in lens:
+                for b in config.batch_sizes:
+                    feed = example_feed(sess, b, seq)
+                    sess.run(feed)  # the first call allocates: count it in this candidate's memory
+                    fns[(i, b, seq)] = (lambda s=sess, f=feed: s.run(f))
+                    rows[(i, b, seq)] = {
+                        "candidate": cand.label, "artifact": str(art.path.absolute()),
+                        "artifact_sha256": artifact_digest(art), "backend": sess.describe(), "device": cand.device,
+                        "batch": b, "seq_len": seq,
+                        "input": f"{b} x {seq} tokens" if seq is not None else
+                                 f"{b} x image {'x'.join(str(d) for d in next(iter(feed.values())).shape[1:])}",
+                    }
+            after, _ = rss_mb()
+            for key in [k for k in rows if k[0] == i]:
+                rows[key]["rss_added_mb"] = round(after - before, 1)
+            say(f"opened {cand.label} ({sess.describe()}); {len(lens) * len(config.batch_sizes)} configurations")
+        say(f"{len(fns)} configurations x ({config.warmup} warm-up + {config.rounds} rounds x {config.per_round} "
+            "timed runs), interleaved")
+        times = interleave(fns, config.warmup, config.rounds, config.per_round, sync=gpu_sync(candidates),
+                           on_round=lambda r, n: say(f"latency rounds {bar(r, n)}"))
+        gpu = gpu_memory_used_mb() if any(c.device == "cuda" for c in candidates) else []
+    torch_peak = torch_gpu_peak_mb()
+    out = []
+    for key, row in rows.items():
+        stats = latency_stats(Timings(tuple(tuple(r) for r in times[key]), row["batch"]), config.noisy_spread)
+        extra = {"gpu_used_mb": gpu} if gpu else {}
+        if torch_peak is not None and row["device"] == "cuda":
+            extra["torch_gpu_peak_mb"] = torch_peak
+        out.append(row | stats | extra)
+    return out
+
+
+def torch_gpu_peak_mb() -> float | None:
+    """torch's peak CUDA allocation in this process, when torch is loaded and saw a GPU."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -1,0 +1,51 @@
+"""Suites: `kiln bench --suite ci` runs here (as CI runs it) and writes a well-formed report; suite files are checked."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from exporter.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_ci_suite_runs_and_writes_a_valid_report(tmp_path):
+    from benchmarks.harness.schema import load_report
+
+    r = run("bench", "--suite", "ci", "-o", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    report = load_report(tmp_path / "ci.json")  # raises on a malformed report: that fails the build
+    assert json.loads(r.stdout)["created"] == report["created"] and report["command"].startswith("kiln bench --suite ci")
+    assert {row["candidate"] for row in report["data_results"]} == {"tiny-fp32", "tiny-int8"}
+    assert {p.name for p in tmp_path.iterdir()} == {"ci.json", "ci.md", "ci-latency.png", "ci-pareto.png"}
+
+
+@pytest.mark.parametrize("name", ["ci", "release", "peers"])
+def test_every_shipped_suite_parses(name, monkeypatch):
+    from benchmarks.harness.suites import load_suite
+
+    monkeypatch.setenv("KILN_PEER_PYTHON", "/nonexistent/python")
+    plan, settings = load_suite(name)
+    assert plan.candidates and settings["name"] == name
+    assert (plan.sweep is not None) or (plan.data is not None)
+    if name == "peers":
+        assert [p.kind for p in plan.peers] == ["transformers-eager", "optimum-fp32", "optimum-int8"]
+        assert plan.data.source == "movie-snippets:test" and plan.data.batch_size == 32
+
+
+def test_suite_values_come_from_the_environment(tmp_path, monkeypatch):
+    from benchmarks.harness.suites import load_suite
+    from runtime.errors import ConfigError
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[candidate]]\nartifact = "${ART:-x}"\n[data]\nsource = "movie-snippets:test"\n'
+                     'rounds = "${R:-2}"\n')
+    monkeypatch.setenv("ART", str(tmp_path / "a"))
+    plan, _ = load_suite(str(suite))
+    assert plan.candidates[0].artifact == tmp_path / "a" and plan.data.rounds == 2
+    suite.write_text('[[candidate]]\nartifact = "a"\nbackend_name = "x"\n')
+    with pytest.raises(ConfigError, match="unknown key.*backend_name; valid: artifact, backend"):
+        load_suite(str(suite))
