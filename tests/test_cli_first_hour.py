@@ -23,7 +23,7 @@ def test_bench_defaults_fit_the_artifacts_max_length(tiny_onnx, tmp_path):
     art = with_max_length(tiny_onnx.path, tmp_path / "short", 32)
     r = run("bench", art, "--batch-sizes", "1", "--backend", "onnxruntime", "--iters", "2", "--warmup", "1", "--json")
     assert r.exit_code == 0, r.output
-    assert [row["seq_len"] for row in json.loads(r.stdout)["results"]] == [32]
+    assert [row["seq_len"] for row in json.loads(r.stdout)["results"]] == [32]  # the harness report's latency rows
     assert "1 configuration x" in r.stderr and "1 configurations" not in r.stderr  # and singular when it is one
 
 

@@ -109,8 +109,8 @@ def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
             after, _ = rss_mb()
             for key in [k for k in rows if k[0] == i]:
                 rows[key]["rss_added_mb"] = round(after - before, 1)
-            say(f"opened {cand.label} ({sess.describe()}); {len(lens) * len(config.batch_sizes)} configurations")
-        say(f"{len(fns)} configurations x ({config.warmup} warm-up + {config.rounds} rounds x {config.per_round} "
+            say(f"opened {cand.label} ({sess.describe()}); {plural(len(lens) * len(config.batch_sizes), 'configuration')}")
+        say(f"{plural(len(fns), 'configuration')} x ({config.warmup} warm-up + {config.rounds} rounds x {config.per_round} "
             "timed runs), interleaved")
         times = interleave(fns, config.warmup, config.rounds, config.per_round, sync=gpu_sync(candidates),
                            on_round=lambda r, n: say(f"latency rounds {bar(r, n)}"))
@@ -132,3 +132,8 @@ def torch_gpu_peak_mb() -> float | None:
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 configuration', '2 configurations'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

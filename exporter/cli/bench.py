@@ -76,7 +76,7 @@ def gate(report: dict[str, Any], baseline: dict[str, Any], where: Path, budget: 
 @click.option("--baseline", type=click.Path(path_type=Path), help="A previous report (JSON) to gate against.")
 @click.option("--max-latency-regression", help="Latency budget against --baseline, e.g. 10%.")
 @click.option("--max-accuracy-drop", type=float, help="Accuracy budget against --baseline, in points (0.5 = 0.5%).")
-@click.option("-o", "--output", "--out", "out", type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
               help="Write NAME.json, NAME.md and plots here.")
 @click.option("--markdown", is_flag=True, help="Print Markdown tables.")
 @json_option
@@ -134,7 +134,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
 
 @click.command(epilog=example("kiln report bench-out/bench.json -o bench-out"))
 @click.argument("results", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "--out", "out", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="Folder for the Markdown and plots.")
 def report(results: Path, out: Path) -> None:
     """Re-render a benchmark report (JSON from `kiln bench`) as Markdown and PNG plots."""
