@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, help="an `hf` text-classification artifact to export here and time")
     ap.add_argument("--data", type=Path, help="a labelled CSV (text,label): accuracy per device and dtype")
     ap.add_argument("--batch-sizes", default="1,8,32,128")
-    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=None, help="default: min(128, the artifact's max length)")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--serve-seconds", type=float, default=10, help="per batching run (0: skip the batching table)")
     ap.add_argument("--model", choices=["minilm", "random"], default="minilm",
@@ -218,6 +218,10 @@ def main() -> None:
     except ImportError:
         sys.exit("gpu_check needs torch with CUDA")
 
+    if args.seq_len is None:
+        from runtime.artifact import Artifact
+
+        args.seq_len = min(128, Artifact.load(art).model_meta.max_length or 128)
     # every configuration that opens here is timed by the harness's one sweep, in interleaved rounds
     configs = [("torch cuda fp16", "torch", "cuda", {"dtype": "float16"}),
                ("torch cuda fp16 + CUDA graphs", "torch", "cuda", {"dtype": "float16", "cuda_graphs": True}),
