@@ -83,6 +83,8 @@ def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -
 
 def default_candidates(artifacts: Sequence[str], backends: Sequence[str], device: str,
                        options: dict[str, Any], torch_options: dict[str, Any]) -> tuple[Candidate, ...]:
-    """Every artifact on every backend (torch options reach only the torch backend)."""
-    return tuple(Candidate(a, b, device, options | (torch_options if b == "torch" else {}))
+    """Every artifact on every backend (torch options reach only the torch backend; --dtype also openvino)."""
+    from runtime.backends.options import dtype_options
+
+    return tuple(Candidate(a, b, device, options | dtype_options(b, torch_options))
                  for a in artifacts for b in backends)

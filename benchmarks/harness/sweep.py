@@ -103,9 +103,11 @@ def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
                         "candidate": cand.label, "artifact": str(art.path.absolute()),
                         "artifact_sha256": artifact_digest(art), "backend": sess.describe(), "device": cand.device,
                         "batch": b, "seq_len": seq,
-                        "input": f"{b} x {seq} tokens" if seq is not None else
-                                 f"{b} x image {'x'.join(str(d) for d in next(iter(feed.values())).shape[1:])}",
+                        # image models: their one input size (CxHxW) instead of a sequence length
+                        "image": None if seq is not None else "x".join(str(d) for d in next(iter(feed.values())).shape[1:]),
                     }
+                    row = rows[(i, b, seq)]
+                    row["input"] = f"{b} x {seq} tokens" if seq is not None else f"{b} x image {row['image']}"
             after, _ = rss_mb()
             for key in [k for k in rows if k[0] == i]:
                 rows[key]["rss_added_mb"] = round(after - before, 1)
