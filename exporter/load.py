@@ -199,7 +199,7 @@ def load_torch_model(artifact: Artifact, attn_implementation: str | None = None,
 def untrained_parameters(model: Any) -> list[str]:
     """Parameters the checkpoint did not hold, which transformers initialised at random (e.g. a classification
     head on a checkpoint saved without one), as its own loading report named them."""
-    return list(getattr(model, "kiln_untrained", []))
+    return sorted(getattr(model, "kiln_untrained", []))
 
 
 class quiet_transformers:  # noqa: N801 - used like a function

@@ -140,13 +140,13 @@ def test_a_checkpoint_without_the_tasks_head_is_refused_not_exported_with_a_rand
     from tests.conftest import build_tiny
 
     src = build_tiny(tmp_path / "encoder", task="feature-extraction")  # no classifier.* weights
-    with pytest.raises(SourceError, match=r"no trained weights for classifier\.weight, classifier\.bias.*--allow-untrained"):
+    with pytest.raises(SourceError, match=r"no trained weights for classifier\.bias, classifier\.weight.*--allow-untrained"):
         to_onnx(load_checkpoint(src, "text-classification"), OnnxConfig(), tmp_path / "cls")
     assert not (tmp_path / "cls").exists()  # nothing half-written
     art = to_onnx(load_checkpoint(src, "text-classification"), OnnxConfig(allow_untrained=True), tmp_path / "cls")
     step = art.lineage[-1]
     assert step.config["allow_untrained"] is True
-    assert step.metrics["untrained_parameters"] == ["classifier.weight", "classifier.bias"]
+    assert step.metrics["untrained_parameters"] == ["classifier.bias", "classifier.weight"]
     # the task it was saved for exports as before, and a full classifier checkpoint is not flagged
     assert "untrained_parameters" not in to_onnx(load_checkpoint(src, "feature-extraction"), OnnxConfig(),
                                                  tmp_path / "fe").lineage[-1].metrics
