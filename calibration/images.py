@@ -106,3 +106,21 @@ def load_image_folder(source: str | Path, label_names: Sequence[str] | None = No
             labels.append(index[d.name])
             h.update(f"{f.relative_to(path)}\0".encode() + hashlib.sha256(f.read_bytes()).digest())
     return LabelledImages(paths, labels, names, str(source), h.hexdigest(), {"path": str(path)})
+
+
+def image_arguments(args: Sequence[str]) -> list[Path]:
+    """Image files, or folders of them, named on a command line (`kiln predict ARTIFACT img.png folder`)."""
+    from runtime.errors import ConfigError
+
+    if not args:
+        raise ConfigError("give image files or folders to classify: kiln predict ARTIFACT img.png [more.png | folder]")
+    return [p for a in args for p in load_images(a)]
+
+
+def refuse_images_for_text(args: Sequence[str], task: str) -> None:
+    """A text model given image files: say so, rather than classify the file names as text."""
+    from runtime.errors import InputError
+
+    images = [a for a in args if Path(a).suffix.lower() in IMAGE_SUFFIXES and Path(a).is_file()]
+    if images:
+        raise InputError(f"{images[0]} is an image, but this is a {task} model; it takes texts")

@@ -199,3 +199,36 @@ def finetune_images(source: str, train: LabelledImages, dev: LabelledImages | No
                                      "eval": {"source": dev.source, "sha256": dev.sha256, "n": len(dev)} if dev else None}}
         return finish(staged, out, start, Artifact(Path(source), "hf", TASK, inputs, outputs, (load,), meta),
                       "finetune", asdict(config), started, metrics)
+
+
+# text-loop options the image loop does not have: given for an image model, they are refused, not ignored
+TEXT_ONLY = ("max_steps", "eval_every", "lora", "bf16")
+
+
+def is_image_finetune(source: str, data: str) -> bool:
+    """Image training when SOURCE is a packaged vision config or the data is an image folder / mnist-5k."""
+    from calibration.images import is_image_source
+    from exporter.vision_configs import VISION_CONFIGS
+
+    return source in VISION_CONFIGS or is_image_source(data)
+
+
+def finetune_images_from(source: str, data: str, eval_data: str | None, out: str | Path, force: bool = False,
+                         options: dict[str, Any] | None = None, progress: Any = None) -> Artifact:
+    """`kiln finetune` for images, callable the same way from Python: SOURCE (a packaged vision config, an HF
+    config or checkpoint), DATA / EVAL_DATA (image folders or mnist-5k:SPLIT), `options` the loop's settings
+    (epochs, lr, batch_size, warmup_ratio, patience, seed, device); text-only options are refused."""
+    from calibration.images import load_image_folder
+    from exporter.stage import check_output, quiet
+
+    options = options or {}
+    refused = [f"--{k.replace('_', '-')}" for k in TEXT_ONLY if options.get(k)]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)} apply to text models; image fine-tuning takes --epochs, --lr, "
+                          "--batch-size, --warmup-ratio, --patience, --seed and --device")
+    keys = ("epochs", "lr", "batch_size", "warmup_ratio", "patience", "seed", "device")
+    config = ImageFinetuneConfig(**{k: options[k] for k in keys if options.get(k) is not None})
+    check_output(Path(out).absolute(), force)
+    train = load_image_folder(data)
+    dev = load_image_folder(eval_data, train.label_names) if eval_data else None
+    return finetune_images(source, train, dev, config, out, force=force, progress=progress or quiet)

@@ -55,13 +55,13 @@ def finetune(source: str, data: str, eval_data: str | None, out: Path, epochs: i
     """Fine-tune SOURCE as a classifier: text (`minilm`, an HF checkpoint; CSV/TSV/JSONL data) or images
     (`vit-tiny-mnist`, `resnet-tiny-mnist`, an HF config.json or checkpoint; an image folder or mnist-5k)."""
     from calibration.datasets import load_labelled
-    from exporter.cli.vision import finetune_images_cli, is_image_finetune
+    from exporter.vision_finetune import finetune_images_from, is_image_finetune
 
     if is_image_finetune(source, data):
         given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup_ratio": warmup_ratio,
                  "patience": patience, "seed": seed, "device": device, "max_steps": max_steps,
                  "eval_every": eval_every, "lora": lora, "bf16": bf16}
-        art = finetune_images_cli(source, data, eval_data, out, force, given, progress)
+        art = finetune_images_from(source, data, eval_data, out, force, given, progress)
         emit(art.to_manifest() | {"path": str(art.path)}, as_json,
              lambda: describe(art) + eval_summary(art.lineage[-1].metrics))
         return

@@ -27,14 +27,14 @@ def predict(artifact: Path, texts: tuple[str, ...], file: Path | None, csv_path:
             batch_size: int, backend: str, device: str, as_json: bool) -> None:
     """Classify (or embed) texts with an artifact; for an image classifier, image files or folders."""
     from calibration.datasets import texts_from
-    from exporter.cli.vision import image_inputs, refuse_images_for_text
+    from calibration.images import image_arguments, refuse_images_for_text
     from runtime.pipeline import Embedder, pipeline_for
 
     art = Artifact.load(artifact)
     if art.family.name == "vision":
         if file or csv_path:
             raise ConfigError("an image classifier takes image files or folders as arguments, not --file/--csv")
-        paths = image_inputs(texts)
+        paths = image_arguments(texts)
         with pipeline_for(art, backend=backend, device=device, batch_size=batch_size) as pipe:
             preds = pipe.predict(paths)
         rows = [{"image": str(p)} | r.to_dict() for p, r in zip(paths, preds)]
