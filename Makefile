@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: anything unpinned would pull a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[export,cpu,serve,sign,tensorrt,triton,nncf,openvino,vision,test]'
+	$(PY) -m pip install --quiet -e '.[export,cpu,serve,sign,tensorrt,triton,nncf,openvino,vision,bench,test]'
 	touch $@
 
 demo: install

@@ -168,3 +168,13 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
         w.writerow(["text", "label"])
         w.writerows(rows)
     return path
+
+
+def fill(args: list[str], subs: dict[str, str]) -> list[str]:
+    """Command-line arguments with placeholders ({tmp}, {onnx}, ...) replaced: the bad-input tables use them."""
+    out = []
+    for a in args:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        out.append(a)
+    return out

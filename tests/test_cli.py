@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from exporter.cli import main
+from tests.conftest import fill
 
 
 def run(*args):
@@ -98,12 +99,7 @@ def test_bad_input_is_one_line(args, match, tmp_path, model_copy, tiny_onnx):
     (tmp_path / "bad.csv").write_text("sentence,label\nx,1\n")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     subs = {"{tmp}": str(tmp_path), "{model}": str(model_copy), "{art}": str(tiny_onnx.path)}
-    argv = []
-    for a in args:
-        for k, v in subs.items():
-            a = a.replace(k, v)
-        argv.append(a)
-    one_line_error(run(*argv), match)
+    one_line_error(run(*fill(args, subs)), match)
     assert not (tmp_path / "out").exists()
 
 

@@ -7,7 +7,7 @@ import click
 import pytest
 
 from exporter.cli import main
-from tests.conftest import sentiment_rows, write_csv
+from tests.conftest import fill, sentiment_rows, write_csv
 from tests.test_cli import one_line_error, run
 
 COMMANDS = sorted(main.commands)
@@ -133,12 +133,7 @@ def test_success_release(tiny_onnx, tmp_path):
 ])
 def test_bad_input_is_one_line_for_every_command(args, match, tiny_bert, tiny_onnx, tmp_path):
     subs = {"{tmp}": str(tmp_path), "{onnx}": str(tiny_onnx.path), "{bert}": str(tiny_bert)}
-    argv = []
-    for a in args:
-        for k, v in subs.items():
-            a = a.replace(k, v)
-        argv.append(a)
-    one_line_error(run(*argv), match)
+    one_line_error(run(*fill(args, subs)), match)
     assert not (tmp_path / "x").exists()
 
 

@@ -160,3 +160,14 @@ def test_bad_input_is_one_line_each(tiny_onnx, tiny_report, tmp_path):
     one_line_error(run("bench", tiny_onnx.path, "--batch-sizes", "1", "--seq-len", "8", "--iters", "1",
                        "--baseline", write(tmp_path / "ok.json", tiny_report), "--max-latency-regression", "ten"),
                    "must be a percentage such as 10% or 10, got 'ten'")
+
+
+def test_a_report_folder_without_matplotlib_is_one_line_before_measuring(tiny_onnx, tmp_path, monkeypatch):
+    """-o draws plots: without the `bench` extra that is one line naming it, and nothing is measured or written."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    r = run("bench", tiny_onnx.path, "--batch-sizes", "1", "-o", tmp_path / "out")
+    one_line_error(r, "matplotlib, which is not installed: pip install 'modelkiln[bench]'")
+    assert not (tmp_path / "out").exists() and "latency rounds" not in r.output

@@ -139,8 +139,20 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def check_plotting() -> None:
+    """Plots need matplotlib (the `bench` extra): say so in one line, before any minutes are spent measuring."""
+    import importlib.util
+
+    from runtime.errors import ConfigError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("writing a report folder (-o) draws PNG plots with matplotlib, which is not installed: "
+                          "pip install 'modelkiln[bench]' (or leave out -o and use --json)")
+
+
 def render(report: dict[str, Any], out_dir: Path, name: str = "report") -> list[Path]:
     """Write NAME.md and the plots into out_dir; return the paths written."""
+    check_plotting()
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / f"{name}.md"
     md.write_text(markdown(report))

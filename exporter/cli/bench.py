@@ -116,6 +116,10 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
                                 tuple(int_list(seq_lens, "--seq-len")) if seq_lens else (), warmup, rounds, per_round)
         data_cfg = DataConfig(data, data_batch_size, min(warmup, 1), rounds) if data else None
         plan = BenchPlan(cands, sweep, data_cfg)
+    if out:
+        from benchmarks.harness.render import check_plotting
+
+        check_plotting()
     base_report = budget = None
     if baseline:  # read and check the baseline and budgets before spending minutes measuring
         from benchmarks.harness.gate import Budget, parse_percent
