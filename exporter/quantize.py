@@ -376,6 +376,10 @@ def calibration_set(artifact: Artifact, source: str | Path, config: Any, text_co
     percentile/entropy one shape for every batch; minmax batches of each length."""
     from calibration.sources import raw_for
 
+    if config.method == "nncf-int8":  # before reading any data
+        from exporter.quantize_nncf import check_nncf_family
+
+        check_nncf_family(artifact)
     raw = raw_for(artifact.task, source, text_column)
     n = samples if samples is not None else getattr(config, "calib_samples", 256)
     if config.method == "nncf-int8":

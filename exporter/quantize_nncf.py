@@ -220,6 +220,13 @@ def run_nncf(model: Any, feeds: list[dict[str, np.ndarray]], config: NncfConfig)
         raise BackendError(f"NNCF could not quantize the model: {type(e).__name__}: {e}") from e
 
 
+def check_nncf_family(artifact: Artifact) -> None:
+    """nncf-int8 is Kiln's text-transformer recipe (NNCF's transformer preset, token calibration feeds)."""
+    if artifact.family.name != "text":
+        raise ConfigError(f"--method nncf-int8 is for text transformers; {artifact.path} is a {artifact.task} model: "
+                          "use --method static-int8 (per-channel QDQ, the vision int8 plan) or dynamic-int8")
+
+
 def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration: Iterable[dict[str, np.ndarray]] | None,
                   eval_data: LabelledTexts | None = None, force: bool = False, progress: Progress = quiet) -> Artifact:
     """NNCF post-training int8 of an fp32 ONNX artifact (QDQ ONNX or OpenVINO IR, by config.target); validated
@@ -227,6 +234,7 @@ def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration:
     from exporter.quantize import GuardResult, accuracy_of, check_calibration
 
     config = from_quant_config(config)
+    check_nncf_family(artifact)
     if calibration is None:
         raise ConfigError("nncf-int8 needs calibration data (--calib-data: texts like the ones the model will see)")
     if config.max_accuracy_drop is not None and eval_data is None:

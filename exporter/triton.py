@@ -287,9 +287,12 @@ AUTO_FIXED_MAX = 128  # pad every request to the max length only up to this many
 
 def auto_sequence_length(art: Artifact, config: TritonConfig) -> int:
     """The fixed length every request of this model is padded to (0: a multiple of PAD_MULTIPLE)."""
-    if config.sequence_length is not None:
-        return config.sequence_length
     max_length = int(art.meta.get("max_length", 512))
+    if config.sequence_length is not None:
+        if config.sequence_length > max_length:  # the model's position embeddings end there: every request would fail
+            raise ConfigError(f"--sequence-length {config.sequence_length} exceeds {art.path.name}'s maximum length "
+                              f"{max_length}; give 1..{max_length}, or 0 to pad each request to a multiple of 8")
+        return config.sequence_length
     return max_length if max_length <= AUTO_FIXED_MAX else 0
 
 

@@ -107,6 +107,11 @@ class Artifact:
         return family_for(self.task)
 
     @property
+    def untrained_parameters(self) -> list[str]:
+        """Parameters some step exported without trained weights (`kiln export --allow-untrained`): random."""
+        return sorted({p for step in self.lineage for p in step.metrics.get("untrained_parameters", [])})
+
+    @property
     def labels(self) -> dict[int, str]:
         return {int(k): v for k, v in self.meta.get("labels", {}).items()}
 

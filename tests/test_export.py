@@ -166,3 +166,18 @@ def test_cli_export_names_the_flag_for_a_missing_head(tmp_path):
     r = CliRunner().invoke(main, ["export", str(src), "--task", "text-classification", "-o", str(tmp_path / "o"),
                                   "--allow-untrained"])
     assert r.exit_code == 0, r.output
+
+
+def test_an_untrained_export_says_so_wherever_it_is_described(tmp_path):
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+    from tests.conftest import build_tiny
+
+    src = build_tiny(tmp_path / "encoder", task="feature-extraction")
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["export", str(src), "--task", "text-classification", "-o", str(out), "--allow-untrained"])
+    assert "WARNING   untrained (random) weights: classifier.bias, classifier.weight" in r.output
+    r = CliRunner().invoke(main, ["quantize", str(out), "--method", "dynamic-int8", "-o", str(tmp_path / "q")])
+    assert r.exit_code == 0 and "untrained (random) weights" in r.output  # the lineage carries it on
+    assert "untrained" in CliRunner().invoke(main, ["inspect", str(tmp_path / "q")]).output

@@ -84,8 +84,10 @@ def test_incomparable_baseline_is_flagged_not_compared(tiny_report):
     base["environment"]["versions"]["onnxruntime"] = "0.0.1"
     rows = compare(base, slower_and_worse(tiny_report), Budget(10, 0.5))
     assert all(r["status"].startswith("NOT COMPARED: cpu Some Other CPU") for r in rows)
-    assert "onnxruntime 0.0.1" in rows[0]["status"] and not broken(rows)
-    assert "not compared" in summary(rows, Budget(10, 0.5))
+    # flagged, never compared, and a gate that could compare nothing does not pass (it would pass forever)
+    assert "onnxruntime 0.0.1" in rows[0]["status"]
+    assert [r["status"] for r in broken(rows)] == ["NOTHING COMPARED"]
+    assert "the gate compared nothing" in summary(rows, Budget(10, 0.5))
     other_data = copy.deepcopy(tiny_report)
     other_data["data_results"][0]["data_sha256"] = "0" * 64
     rows = compare(other_data, tiny_report, Budget(10, 0.5))
@@ -171,3 +173,44 @@ def test_a_report_folder_without_matplotlib_is_one_line_before_measuring(tiny_on
     r = run("bench", tiny_onnx.path, "--batch-sizes", "1", "-o", tmp_path / "out")
     one_line_error(r, "matplotlib, which is not installed: pip install 'modelkiln[bench]'")
     assert not (tmp_path / "out").exists() and "latency rounds" not in r.output
+
+
+def test_hostile_inputs_are_one_line_and_a_gate_that_compared_nothing_fails(tiny_onnx, tiny_report, tmp_path):
+    """Found by attacking the harness: each of these was a traceback, or a gate that passed on nothing."""
+    other = copy.deepcopy(tiny_report)
+    for row in other["results"] + other["data_results"]:
+        row["candidate"] = "someone-else"
+    r = run("bench", tiny_onnx.path, "--batch-sizes", "1", "--seq-len", "8", "--iters", "1",
+            "--baseline", write(tmp_path / "other.json", other), "--max-latency-regression", "10%")
+    assert r.exit_code != 0 and "the gate compared nothing" in r.output
+    (tmp_path / "nan.json").write_text(json.dumps(tiny_report).replace('"p50_ms": ', '"p50_ms": NaN, "x": ', 1))
+    one_line_error(run("report", tmp_path / "nan.json", "-o", tmp_path / "o"), "holds NaN")
+    (tmp_path / "afile").write_text("x")
+    one_line_error(run("bench", tiny_onnx.path, "--batch-sizes", "1", "-o", tmp_path / "afile"), "is a file")
+    one_line_error(run("report", write(tmp_path / "ok.json", tiny_report), "-o", tmp_path / "afile"), "is a file")
+    broken = copy.deepcopy(tiny_report)
+    broken["environment"]["cpu_flags"] = [1, 2]
+    one_line_error(run("report", write(tmp_path / "broken.json", broken), "-o", tmp_path / "r"), "cannot be rendered")
+    assert not (tmp_path / "r").exists()
+    for body, match in [('candidate = "tiny"', "wrong type or shape"),
+                        ('[[candidate]]\nartifact = "x"\n[sweep]\nrounds = 2.0', "whole numbers"),
+                        ('gate = "strict"', "[gate] is a table")]:
+        (tmp_path / "s.toml").write_text(body + "\n")
+        one_line_error(run("bench", "--suite", tmp_path / "s.toml"), match)
+
+
+def test_data_mode_refuses_an_embedder(tmp_path, tiny_report):
+    from exporter.load import load_checkpoint
+    from exporter.onnx_export import OnnxConfig, to_onnx
+    from tests.conftest import build_tiny
+
+    emb = to_onnx(load_checkpoint(build_tiny(tmp_path / "e", task="feature-extraction"), "feature-extraction"),
+                  OnnxConfig(), tmp_path / "emb")
+    (tmp_path / "d.csv").write_text("text,label\ngood,positive\n")
+    one_line_error(run("bench", emb.path, "--data", tmp_path / "d.csv"), "is a feature-extraction model with no labels")
+
+
+def test_command_line_keeps_options_given_as_zero(tiny_onnx, tmp_path):
+    r = run("bench", tiny_onnx.path, "--batch-sizes", "1", "--seq-len", "8", "--warmup", "0", "--iters", "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert "--warmup 0" in json.loads(r.stdout)["command"]

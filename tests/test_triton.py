@@ -350,3 +350,13 @@ def test_default_pads_short_models_to_their_max_length(tiny_onnx, tmp_path, max_
     to_triton([art], TritonConfig(sequence_length=option), tmp_path / "r")
     settings = json.loads((tmp_path / "r" / "art_preprocess" / "1" / "kiln-preprocess.json").read_text())
     assert settings["sequence_length"] == padded_to
+
+
+def test_a_sequence_length_above_the_models_maximum_is_refused(tiny_onnx, tmp_path):
+    """Every request would fail in the model (position embeddings end at max_length): refuse at export."""
+    from runtime.errors import ConfigError
+
+    max_length = int(tiny_onnx.meta["max_length"])
+    with pytest.raises(ConfigError, match=rf"--sequence-length {max_length + 1} exceeds .* maximum length {max_length}"):
+        to_triton([tiny_onnx.path], TritonConfig(sequence_length=max_length + 1), tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -61,3 +61,12 @@ def test_bench_on_an_image_model_shows_the_image_size(cnn_onnx):  # noqa: F811
     r = run("bench", cnn_onnx.path, "--batch-sizes", "1", "--iters", "2", "--warmup", "1", "--rounds", "1")
     # the harness report's input column names the image size; no token counts for an image model
     assert "1 x image 3x16x16" in r.stdout and "tokens" not in r.stdout
+
+
+def test_nncf_int8_on_an_image_model_is_one_line_before_reading_data(cnn_onnx, tmp_path):  # noqa: F811
+    """nncf-int8 is the text recipe: an image model got a TypeError traceback from its calibration feeds."""
+    for target in ("tensorrt", "openvino"):
+        one_line_error(run("quantize", cnn_onnx.path, "--method", "nncf-int8", "--target", target,
+                           "--calib-data", tmp_path / "no-such-folder", "-o", tmp_path / "q"),
+                       "--method nncf-int8 is for text transformers")
+    assert not (tmp_path / "q").exists()

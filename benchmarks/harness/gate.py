@@ -110,7 +110,12 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], budget: Budget) -
 
 
 def broken(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r["status"] in ("REGRESSION", "ACCURACY DROP")]
+    """The rows that break the budget; a gate that could compare nothing is broken too (a CI gate pointed at the
+    wrong baseline, or one from another machine, must not pass forever)."""
+    bad = [r for r in rows if r["status"] in ("REGRESSION", "ACCURACY DROP")]
+    if not any("baseline" in r for r in rows):
+        bad.append({"row": "every row", "metric": "-", "change": "nothing comparable", "status": "NOTHING COMPARED"})
+    return bad
 
 
 def summary(rows: list[dict[str, Any]], budget: Budget) -> str:
@@ -122,6 +127,9 @@ def summary(rows: list[dict[str, Any]], budget: Budget) -> str:
               f"accuracy -{budget.max_accuracy_drop:g} pts" if budget.max_accuracy_drop is not None else "")
     stated = ", ".join(x for x in limits if x) or "no budget given"
     tail = f" ({skipped} not compared: other machine, libraries or data)" if skipped else ""
+    if compared == 0:
+        return (f"the gate compared nothing ({stated}): no row of the baseline matches a row of this run on the "
+                f"same machine, libraries and data{tail}; give a baseline made like this run")
     if bad:
         return (f"{len(bad)} of {compared} compared metrics broke the budget ({stated}): "
                 + "; ".join(f"{r['row']} {r['metric']} {r['change']}" for r in bad) + tail)

@@ -29,7 +29,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.source:
             raise ConfigError("data source is empty; give a file or NAME:SPLIT such as movie-snippets:test")
-        if self.batch_size < 1:
+        if not isinstance(self.source, str):
+            raise ConfigError(f"data source must be a file or NAME:SPLIT, got {self.source!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigError(f"data batch_size must be >= 1, got {self.batch_size}")
         check_counts(self.warmup, self.rounds, 1)
 
@@ -117,6 +119,10 @@ def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequenc
     if not candidates:
         raise ConfigError("the data mode needs at least one Kiln artifact (its labels and task define the data)")
     arts = load_candidates(candidates)
+    unlabelled = [a for a in arts if not a.labels]
+    if unlabelled:  # an embedder (feature-extraction) has no labels to score
+        raise ConfigError(f"--data classifies and scores labelled inputs, but {unlabelled[0].path} is a "
+                          f"{unlabelled[0].task} model with no labels; benchmark it without --data (latency sweep)")
     data = load_data(arts[0], config)  # before any model is opened: a bad file fails fast
     for art in arts[1:]:
         names = [art.labels[i] for i in sorted(art.labels)]

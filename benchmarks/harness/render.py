@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import table
+from runtime.errors import ConfigError
 
 LATENCY_COLUMNS = ["candidate", "backend", "input", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "throughput",
                    "spread", "rss_added_mb"]
@@ -162,3 +163,25 @@ def render(report: dict[str, Any], out_dir: Path, name: str = "report") -> list[
         if p:
             written.append(p)
     return written
+
+
+def check_out_dir(out: Path) -> None:
+    """-o must be a folder this process can write: said before minutes of measuring, not after."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out} is a file; give a folder for the report")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"-o {out}: {parent} is not a folder this user can write; give another -o")
+
+
+def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
+    """NAME.json (the report), NAME.md and the plots in `out`."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    return [out / f"{name}.json", *render(report, out, name)]

@@ -68,10 +68,16 @@ def validate(report: Any, where: str = "report") -> dict[str, Any]:
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read and validate a report file; every problem is one ValidationError line naming the file."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ValidationError(f"report {p} does not exist")
+    if p.is_dir():
+        raise ValidationError(f"report {p} is a directory; give the report's .json file")
+
+    def no_constant(name: str) -> Any:  # NaN / Infinity: Python's json takes them, a report must not hold them
+        raise ValueError(f"it holds {name}, which is not a number a report can hold")
+
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValidationError(f"report {p} is not JSON: {e}") from None
+        data = json.loads(p.read_text(encoding="utf-8"), parse_constant=no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise ValidationError(f"report {p} is not JSON a report can hold: {str(e)[:200]}") from None
     return validate(data, str(p))

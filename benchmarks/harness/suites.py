@@ -22,7 +22,7 @@ from benchmarks.harness.candidates import Candidate, Peer
 from benchmarks.harness.realdata import DataConfig
 from benchmarks.harness.run import BenchPlan
 from benchmarks.harness.sweep import SweepConfig
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, KilnError
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 ROOT = SUITES.parents[1]
@@ -83,7 +83,17 @@ def build(cls: type, table: dict[str, Any], where: str, **fixed: Any) -> Any:
 
 
 def load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
-    """The plan a suite describes, and its settings (out, gate)."""
+    """The plan a suite describes, and its settings (out, gate); a value of the wrong shape is one line."""
+    try:
+        return _load_suite(name)
+    except KilnError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise ConfigError(f"suite {suite_path(name)}: a value has the wrong type or shape ({e}); "
+                          "see benchmarks/harness/suites.py for the format") from None
+
+
+def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
     import tomllib
 
     path = suite_path(name)
@@ -97,6 +107,13 @@ def load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"suite {path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TOP_KEYS))}")
+    gate = raw.get("gate", {})
+    if not isinstance(gate, dict) or any(not isinstance(v, (int, float, str)) or isinstance(v, bool)
+                                         for v in gate.values()):
+        raise ConfigError(f"suite {path}: [gate] is a table such as max_latency_regression = \"10%\", "
+                          f"max_accuracy_drop = 0.5; got {gate!r}")
+    if isinstance(gate.get("max_accuracy_drop"), str):
+        raise ConfigError(f"suite {path}: [gate] max_accuracy_drop is a number of points, got {gate['max_accuracy_drop']!r}")
     cands = []
     for i, c in enumerate(raw.get("candidate", [])):
         c = dict(c)
@@ -124,7 +141,7 @@ def load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
         peers.append(build(Peer, p, f"suite {path} peer {i + 1}"))
     plan = BenchPlan(tuple(cands), sweep, data, tuple(peers), title=raw.get("title", path.stem),
                      extra={"suite": path.stem})
-    settings = {"out": rooted(raw.get("out", f"benchmarks/work/bench/{path.stem}")), "gate": raw.get("gate", {}),
+    settings = {"out": rooted(raw.get("out", f"benchmarks/work/bench/{path.stem}")), "gate": gate,
                 "name": path.stem}
     return plan, settings
 

@@ -54,6 +54,11 @@ def bar(done: int, total: int, width: int = 20) -> str:
 
 
 def check_counts(warmup: int, rounds: int, per_round: int) -> None:
+    counts = {"warmup": warmup, "rounds": rounds, "per_round": per_round}
+    wrong = {k: v for k, v in counts.items() if not isinstance(v, int) or isinstance(v, bool)}
+    if wrong:
+        raise ConfigError("warmup, rounds and per_round are whole numbers; got "
+                          + ", ".join(f"{k}={v!r}" for k, v in wrong.items()))
     if warmup < 0 or rounds < 1 or per_round < 1:
         raise ConfigError(f"warmup must be >= 0, rounds and iterations per round >= 1; "
                           f"got warmup={warmup}, rounds={rounds}, per_round={per_round}")

@@ -22,17 +22,10 @@ def command_line(ctx: click.Context) -> str:
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
             parts += [str(v) for v in value or ()]
-        elif value not in (None, False, param.default, ()):
+        elif not (value is None or value is False or value == () or
+                  (value == param.default and type(value) is type(param.default))):  # 0 is a value, not False
             parts += [param.opts[0]] if value is True else [param.opts[0], str(value)]
     return " ".join([parts[0], *(shlex.quote(p) for p in parts[1:])])
-
-
-def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
-    from benchmarks.harness.render import render
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-    return [out / f"{name}.json", *render(report, out, name)]
 
 
 def gate(report: dict[str, Any], baseline: dict[str, Any], where: Path, budget: Any, as_json: bool) -> None:
@@ -63,7 +56,9 @@ def gate(report: dict[str, Any], baseline: dict[str, Any], where: Path, budget: 
               help="Comma-separated: auto, onnxruntime, openvino, torch; every artifact runs on each.")
 @device_option
 @click.option("--warmup", default=5, show_default=True, type=int, help="Untimed runs per configuration first.")
-@click.option("--iters", default=30, show_default=True, type=int, help="Timed runs per configuration, all rounds together.")
+@click.option("--iters", default=30, show_default=True, type=int,
+              help="Timed runs per configuration, all rounds together (each round runs iters // rounds, at least 1; "
+                   "the report's iters says how many ran).")
 @click.option("--rounds", default=5, show_default=True, type=int,
               help="Interleave every configuration in this many rounds (fair under drift; spread = noise).")
 @click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
@@ -111,15 +106,18 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
                                    {"threads": threads} if threads else {}, torch_only(names, device, dtype, cuda_graphs))
         sweep = None
         if batch_sizes or seq_lens or not data:
+            if iters < 1:
+                raise ConfigError(f"--iters must be >= 1, got {iters}")
             per_round = max(1, iters // max(rounds, 1))
             sweep = SweepConfig(tuple(int_list(batch_sizes or "1,8,32", "--batch-sizes")),
                                 tuple(int_list(seq_lens, "--seq-len")) if seq_lens else (), warmup, rounds, per_round)
         data_cfg = DataConfig(data, data_batch_size, min(warmup, 1), rounds) if data else None
         plan = BenchPlan(cands, sweep, data_cfg)
     if out:
-        from benchmarks.harness.render import check_plotting
+        from benchmarks.harness.render import check_out_dir, check_plotting
 
         check_plotting()
+        check_out_dir(Path(out))
     base_report = budget = None
     if baseline:  # read and check the baseline and budgets before spending minutes measuring
         from benchmarks.harness.gate import Budget, parse_percent
@@ -129,6 +127,8 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         base_report = load_report(baseline)
     report = run_bench(plan, command_line(click.get_current_context()), progress)
     if out:
+        from benchmarks.harness.render import write_outputs
+
         for p in write_outputs(report, out, name):
             progress(f"wrote {p}")
     if base_report is not None:
@@ -142,8 +142,21 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
               help="Folder for the Markdown and plots.")
 def report(results: Path, out: Path) -> None:
     """Re-render a benchmark report (JSON from `kiln bench`) as Markdown and PNG plots."""
-    from benchmarks.harness.render import render
-    from benchmarks.harness.schema import load_report
+    import shutil
 
-    for p in render(load_report(results), out, results.stem):
+    from benchmarks.harness.render import check_out_dir, render
+    from benchmarks.harness.schema import load_report
+    from runtime.errors import ValidationError
+
+    data = load_report(results)
+    check_out_dir(out)
+    existed = out.exists()
+    try:
+        written = render(data, out, results.stem)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError) as e:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+        raise ValidationError(f"report {results} passes the schema but cannot be rendered: "
+                              f"{type(e).__name__}: {str(e)[:160]}") from None
+    for p in written:
         click.echo(str(p))

@@ -16,6 +16,11 @@ def describe(art: Artifact, size: str | None = None) -> str:
         lines.append("labels    " + ", ".join(f"{k}={v}" for k, v in sorted(art.labels.items())))
     lines += engine_lines(art)
     lines += [step_line(step) for step in art.lineage]
+    if art.untrained_parameters:
+        names = art.untrained_parameters
+        lines.append(f"WARNING   untrained (random) weights: {', '.join(names[:4])}"
+                     f"{f' (+{len(names) - 4} more)' if len(names) > 4 else ''}; exported with --allow-untrained, "
+                     "its answers mean nothing: for timing only")
     if size is None:
         total = sum(f.stat().st_size for f in art.path.rglob("*") if f.is_file())
         size = f"{total / 1e6:.1f} MB in {len(art.files)} files"

@@ -35,7 +35,8 @@ def format_summary(s: dict[str, Any]) -> str:
                               "kiln loadtest ft-int8 --rate 200     # in-process, no HTTP"))
 @click.argument("target")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1), help="Closed-loop clients.")
-@click.option("--rate", type=float, help="Open loop: Poisson arrivals per second (instead of --concurrency).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+              help="Open loop: Poisson arrivals per second (instead of --concurrency).")
 @click.option("--duration", default=20.0, show_default=True, type=float, help="Seconds of load.")
 @data_option("Texts to send, one per request (CSV/TSV/JSONL or a dataset name), or images for an image model "
              "(a folder, mnist-5k:test).", default="movie-snippets:test", show_default=True)
