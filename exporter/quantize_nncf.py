@@ -202,7 +202,7 @@ def save_for_target(q: Any, staged: Path, artifact: Artifact, config: NncfConfig
     return q_art, {"qdq": qdq_summary(q)}
 
 
-def run_nncf(model: Any, feeds: list[dict[str, np.ndarray]], config: NncfConfig) -> Any:
+def run_nncf(model: Any, feeds: list[dict[str, np.ndarray]], config: NncfConfig, silent: bool = False) -> Any:
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
@@ -211,8 +211,11 @@ def run_nncf(model: Any, feeds: list[dict[str, np.ndarray]], config: NncfConfig)
     advanced = AdvancedQuantizationParameters(
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha))
     try:
-        # NNCF draws its progress bars on stdout; they go to stderr so `kiln quantize --json` stdout stays JSON
-        with contextlib.redirect_stdout(sys.stderr):
+        # NNCF draws its progress bars on stdout; they go to stderr so `kiln quantize --json` stdout stays JSON,
+        # and nowhere under `kiln --quiet` (or a caller's silent progress)
+        sink = open(os.devnull, "w") if silent else sys.stderr
+        with sink if silent else contextlib.nullcontext(), contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink if silent else sys.stderr):
             return nncf.quantize(model, nncf.Dataset(feeds), preset=preset, model_type=model_type,
                                  subset_size=min(config.subset_size, len(feeds)),
                                  fast_bias_correction=config.fast_bias_correction, advanced_parameters=advanced)
@@ -251,7 +254,7 @@ def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration:
         if config.target == "tensorrt" and not config.tensorrt_parsable:
             progress(f"preset {config.preset!r}: asymmetric activations; TensorRT's parser rejects non-zero zero points, "
                      "so this file is for onnxruntime / OpenVINO")
-        q = run_nncf(model, feeds, config)
+        q = run_nncf(model, feeds, config, silent=progress is quiet or bool(getattr(progress, "quiet", False)))
         q_art, holds = save_for_target(q, staged, artifact, config)
         nncf = import_nncf()
         metrics: dict[str, Any] = {

@@ -89,3 +89,16 @@ def test_pruned_model_through_nncf_int8_on_openvino(tiny_bert, tmp_path):
     with TextClassifier(p32, backend="openvino") as ov32, TextClassifier(p32) as ort32, TextClassifier(q) as ov8:
         np.testing.assert_allclose(ov32.logits(texts), ort32.logits(texts), atol=1e-5)
         assert np.abs(ov8.logits(texts) - ort32.logits(texts)).max() < 0.5
+
+
+def test_quiet_silences_nncf_progress_bars(tiny_onnx, tmp_path):
+    """`kiln --quiet` means no progress on stderr, NNCF's own bars included; without it they go to stderr."""
+    pytest.importorskip("nncf")
+    data = write_csv(tmp_path / "calib.csv", sentiment_rows(16, seed=3))
+    args = ["quantize", tiny_onnx.path, "--method", "nncf-int8", "--calib-data", data, "--calib-samples", "16",
+            "--subset-size", "8", "--calib-pad-length", "16", "--json"]
+    loud = run(*args, "-o", tmp_path / "a")
+    quiet = run("--quiet", *args, "-o", tmp_path / "b")
+    assert loud.exit_code == 0 and quiet.exit_code == 0, quiet.output
+    assert "Statistics collection" in loud.stderr and "Statistics collection" not in quiet.stderr
+    assert json.loads(quiet.stdout)["format"] == "onnx"

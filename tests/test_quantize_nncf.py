@@ -71,7 +71,7 @@ def test_calib_pad_length_zero_keeps_each_length(tiny_onnx, tmp_path, monkeypatc
     import exporter.quantize_nncf as qn
 
     seen = []
-    monkeypatch.setattr(qn, "run_nncf", lambda model, feeds, config: seen.extend(feeds) or model)  # no NNCF: plumbing only
+    monkeypatch.setattr(qn, "run_nncf", lambda model, feeds, config, silent=False: seen.extend(feeds) or model)  # no NNCF: plumbing only
     data = write_csv(tmp_path / "calib.csv", sentiment_rows(12, seed=5))
     res = run("quantize", tiny_onnx.path, "--method", "nncf-int8", "--calib-data", data, "--calib-pad-length", "0",
               "-o", tmp_path / "q", "--json")
