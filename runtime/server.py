@@ -249,6 +249,9 @@ class Service:
             options["cuda_graphs"] = True
         if c.backend in ("auto", "onnxruntime") and art.format == "onnx":
             options["spinning"] = c.spinning
+        elif not c.spinning:  # only onnxruntime's thread pool spins: say so rather than ignore the option
+            raise ConfigError(f"--no-spinning applies to onnxruntime's thread pool; {source} runs on "
+                              f"{c.backend if c.backend != 'auto' else art.format}, which has no spinning option")
         b = batched_classifier(art, c.max_batch_size, c.max_delay_ms, c.max_queue, timeout_s=c.request_timeout_s,
                                on_batch=self._on_batch, warmup=c.warmup, check=check_finite, backend=c.backend,
                                device=c.device, **options)

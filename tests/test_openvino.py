@@ -170,3 +170,13 @@ def test_eval_and_serve_with_backend_openvino(tiny_onnx, tmp_path):
     with ThreadServer(tiny_onnx.path, backend="openvino", dtype="float32") as s:
         status, _, raw = request(s.port, "POST", "/v1/predict", {"inputs": TEXTS[:3]})
     assert status == 200 and len(json.loads(raw)["predictions"]) == 3
+
+
+def test_serve_refuses_no_spinning_on_openvino(tiny_onnx):
+    """--no-spinning is onnxruntime's; on openvino it was accepted and ignored."""
+    needs_openvino()
+    from runtime.server import ServeConfig, Service
+
+    svc = Service(tiny_onnx.path, ServeConfig(backend="openvino", spinning=False))
+    with pytest.raises(ConfigError, match="--no-spinning applies to onnxruntime's thread pool; .* runs on openvino"):
+        svc.load_model(tiny_onnx.path)
