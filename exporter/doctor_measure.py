@@ -31,7 +31,7 @@ class Candidate:
     def label(self) -> str:
         precision = self.artifact.meta.get("precision", "fp32")
         dtype = self.options.get("dtype")
-        return (f"{self.artifact.path.name}: {self.backend} {precision}"
+        return (f"{self.artifact.path}: {self.backend} {precision}"  # the path: two folders may share a name
                 + (f" (inference precision {dtype})" if dtype and dtype != "float32" else ""))
 
 

@@ -71,3 +71,15 @@ def test_measure_takes_cpu_formats_only(tiny_onnx):
     assert [c.backend for c in candidates(tiny_onnx, None)] == ["onnxruntime"]  # no openvino: onnxruntime only
     assert [c.label.split(": ")[1] for c in candidates(tiny_onnx, ["FP32", "BF16"])] == [
         "onnxruntime fp32", "openvino fp32", "openvino fp32 (inference precision bfloat16)"]
+
+
+def test_measure_keeps_two_artifacts_whose_folders_share_a_name(tiny_onnx, tmp_path):
+    """m1/onnx and m2/onnx were merged into one set of rows (labelled by the folder name alone)."""
+    import shutil
+
+    from exporter.doctor_measure import measure
+
+    for d in ("m1", "m2"):
+        shutil.copytree(tiny_onnx.path, tmp_path / d / "onnx")
+    report = measure([tmp_path / "m1" / "onnx", tmp_path / "m2" / "onnx"], None, iters=2)
+    assert {str(tmp_path / d / "onnx") for d in ("m1", "m2")} <= {r["path"].split(": ")[0] for r in report["results"]}
