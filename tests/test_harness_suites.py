@@ -12,15 +12,26 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_ci_suite_runs_and_writes_a_valid_report(tmp_path):
+def test_ci_suite_runs_and_writes_a_valid_report(tmp_path, monkeypatch):
+    """As on a fresh clone: the suite's tiny model is not committed; the first run builds it."""
     from benchmarks.harness.schema import load_report
 
-    r = run("bench", "--suite", "ci", "-o", tmp_path, "--json")
+    monkeypatch.setenv("KILN_CI_MODEL", str(tmp_path / "model"))
+    out = tmp_path / "out"
+    r = run("bench", "--suite", "ci", "-o", out, "--json")
     assert r.exit_code == 0, r.output
-    report = load_report(tmp_path / "ci.json")  # raises on a malformed report: that fails the build
+    assert {p.name for p in (tmp_path / "model").iterdir()} == {"tiny-fp32", "tiny-int8"}
+    report = load_report(out / "ci.json")  # raises on a malformed report: that fails the build
     assert json.loads(r.stdout)["created"] == report["created"] and report["command"].startswith("kiln bench --suite ci")
     assert {row["candidate"] for row in report["data_results"]} == {"tiny-fp32", "tiny-int8"}
-    assert {p.name for p in tmp_path.iterdir()} == {"ci.json", "ci.md", "ci-latency.png", "ci-pareto.png"}
+    assert {p.name for p in out.iterdir()} == {"ci.json", "ci.md", "ci-latency.png", "ci-pareto.png"}
+
+
+def test_prepare_names_a_known_builder(tmp_path):
+    (tmp_path / "s.toml").write_text('prepare = {download = "x"}\n[[candidate]]\nartifact = "x"\n')
+    r = run("bench", "--suite", tmp_path / "s.toml")
+    assert r.exit_code != 0 and r.output.strip().splitlines()[-1].startswith("error: ")
+    assert "prepare is a table NAME = \"folder\" with NAME one of ci-model" in r.output
 
 
 @pytest.mark.parametrize("name", ["ci", "release", "peers"])

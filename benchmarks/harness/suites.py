@@ -2,6 +2,7 @@
 
     title = "..."                       # heads the Markdown report
     out = "benchmarks/work/bench/NAME"  # where the report goes unless -o says otherwise
+    prepare = {ci-model = "benchmarks/work/ci-model"}   # artifacts built on first use (harness/ci_model.py)
     [[candidate]]  artifact, backend ("auto"), device ("cpu"), label, options = {threads = 2}
     [sweep]        batch_sizes, seq_lens, warmup, rounds, per_round, noisy_spread   (omit: no latency sweep)
     [data]         source, batch_size, warmup, rounds, text_column, label_column    (omit: no real-data pass)
@@ -26,7 +27,7 @@ from runtime.errors import ConfigError, KilnError
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 ROOT = SUITES.parents[1]
-TOP_KEYS = {"title", "out", "candidate", "sweep", "data", "peer", "gate"}
+TOP_KEYS = {"title", "out", "prepare", "candidate", "sweep", "data", "peer", "gate"}
 NAMED_DATA = re.compile(r"^[\w-]+:\w+$")
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -139,6 +140,15 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
         if p.get("work_dir"):
             p["work_dir"] = rooted(p["work_dir"])
         peers.append(build(Peer, p, f"suite {path} peer {i + 1}"))
+    prepare = raw.get("prepare", {})  # artifacts built on first use (benchmarks/harness/ci_model.py)
+    if prepare:
+        from benchmarks.harness.ci_model import PREPARE
+
+        if not isinstance(prepare, dict) or any(k not in PREPARE or not isinstance(v, str) for k, v in prepare.items()):
+            raise ConfigError(f"suite {path}: prepare is a table NAME = \"folder\" with NAME one of "
+                              f"{', '.join(PREPARE)}; got {prepare!r}")
+        for key, folder in prepare.items():
+            PREPARE[key](rooted(folder))
     plan = BenchPlan(tuple(cands), sweep, data, tuple(peers), title=raw.get("title", path.stem),
                      extra={"suite": path.stem})
     settings = {"out": rooted(raw.get("out", f"benchmarks/work/bench/{path.stem}")), "gate": gate,
