@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -207,6 +207,12 @@ class GuardResult:
     def drop_points(self) -> float:
         return round((self.accuracy_fp32 - self.accuracy) * 100, 3)
 
+    def record(self, budget: float, data: Any, batch_sizes: Sequence[int]) -> dict[str, Any]:
+        """The lineage's accuracy_guard entry (static/dynamic int8 and nncf-int8 write the same one)."""
+        return {"accuracy_fp32": self.accuracy_fp32, "accuracy": self.accuracy, "drop_points": self.drop_points,
+                "budget_points": budget, "kept_fp32": self.excluded, "iterations": self.iterations,
+                "data": data.source, "data_sha256": data.sha256, "batch_sizes": list(batch_sizes)}
+
 
 # Dynamic int8 takes activation scales from each batch, so its accuracy moves with the batching
 # (benchmarks/results/batch-answers.md); the guard counts the worse of one-at-a-time and batches of 64.
@@ -343,11 +349,7 @@ def quantize(artifact: Artifact, config: QuantConfig, out: str | Path, calibrati
                 progress(f"kept {k} most sensitive node(s) in fp32: accuracy {acc:.4f}")
                 guard.accuracy, guard.excluded = acc, excluded
                 k *= 2
-            metrics["accuracy_guard"] = {"accuracy_fp32": guard.accuracy_fp32, "accuracy": guard.accuracy,
-                                         "drop_points": guard.drop_points, "budget_points": config.max_accuracy_drop,
-                                         "kept_fp32": guard.excluded, "iterations": guard.iterations,
-                                         "data": eval_data.source, "data_sha256": eval_data.sha256,
-                                         "batch_sizes": list(guard_batches)}
+            metrics["accuracy_guard"] = guard.record(config.max_accuracy_drop, eval_data, guard_batches)
             if guard.drop_points > config.max_accuracy_drop:
                 raise ValidationError(
                     f"accuracy budget not met: the best {config.method} model lost {guard.drop_points:.2f} points "

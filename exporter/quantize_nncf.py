@@ -268,11 +268,7 @@ def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration:
             guard.iterations.append({"excluded": 0, "accuracy": guard.accuracy, "drop_points": guard.drop_points})
             progress(f"accuracy fp32 {guard.accuracy_fp32:.4f}, nncf-int8 {guard.accuracy:.4f} "
                      f"(drop {guard.drop_points:.2f} points, budget {config.max_accuracy_drop})")
-            metrics["accuracy_guard"] = {"accuracy_fp32": guard.accuracy_fp32, "accuracy": guard.accuracy,
-                                         "drop_points": guard.drop_points, "budget_points": config.max_accuracy_drop,
-                                         "kept_fp32": [], "iterations": guard.iterations,
-                                         "data": eval_data.source, "data_sha256": eval_data.sha256,
-                                         "batch_sizes": list(GUARD_BATCH_SIZES)}
+            metrics["accuracy_guard"] = guard.record(config.max_accuracy_drop, eval_data, GUARD_BATCH_SIZES)
             if guard.drop_points > config.max_accuracy_drop:
                 # NNCF's scales are global, so there is no per-node fallback here (static-int8's guard has one)
                 raise ValidationError(
