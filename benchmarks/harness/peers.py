@@ -12,7 +12,8 @@ from benchmarks.harness.candidates import Peer
 from runtime.errors import BackendError, ConfigError
 
 SERVER = Path(__file__).resolve().parents[1] / "peer" / "peer_server.py"
-DEFAULT_PEER_PYTHON = "/work/peer-venv/bin/python"
+# the README's place for the peer environment (benchmarks/peer/README.md), inside the checkout's ignored work/
+DEFAULT_PEER_PYTHON = str(Path(__file__).resolve().parents[1] / "work" / "peer-venv" / "bin" / "python")
 
 
 def peer_python(asked: str | None = None) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.candidates import Candidate, Peer
+from benchmarks.harness.peers import DEFAULT_PEER_PYTHON
 from benchmarks.harness.realdata import DataConfig
 from benchmarks.harness.run import BenchPlan
 from benchmarks.harness.sweep import SweepConfig
@@ -135,7 +136,7 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
     peers = []
     for i, p in enumerate(raw.get("peer", [])):
         p = dict(p)
-        p.setdefault("python", os.environ.get("KILN_PEER_PYTHON", "/work/peer-venv/bin/python"))
+        p.setdefault("python", os.environ.get("KILN_PEER_PYTHON") or DEFAULT_PEER_PYTHON)
         p["model"] = rooted(p.get("model", ""))
         if p.get("work_dir"):
             p["work_dir"] = rooted(p["work_dir"])
