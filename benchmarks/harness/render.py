@@ -179,9 +179,20 @@ def check_out_dir(out: Path) -> None:
 
 
 def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
-    """NAME.json (the report), NAME.md and the plots in `out`."""
+    """NAME.json (the report), NAME.md and the plots in `out`, each file whole: written in a staging folder
+    inside `out` and renamed into place, so a reader (or a second run writing the same -o) never sees half a file."""
     import json
+    import os
+    import shutil
+    import tempfile
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-    return [out / f"{name}.json", *render(report, out, name)]
+    staged = Path(tempfile.mkdtemp(prefix=".kiln-tmp-", dir=out))
+    try:
+        (staged / f"{name}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+        files = [staged / f"{name}.json", *render(report, staged, name)]
+        for f in files:
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return [out / f.name for f in files]
