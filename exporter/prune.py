@@ -22,6 +22,7 @@ from exporter.training import LoopConfig, collate, encode, evaluate, train_
 from runtime.artifact import Artifact
 from runtime.backends.torch_structure import STRUCTURE_KEY, encoder_layers, head_size, part, shrink_layer_
 from runtime.errors import ConfigError, TaskError
+from runtime.session import DEVICES
 
 KINDS = ("structured", "unstructured", "2:4")
 SCOPES = ("global", "layer")
@@ -55,6 +56,7 @@ class PruneConfig:
     batch_size: int = 32
     max_length: int | None = None  # default: the model's own (from its manifest)
     seed: int = 0
+    device: str = "cpu"  # structured: where the recovery fine-tuning runs (scoring stays on the CPU)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,6 +82,10 @@ class PruneConfig:
             raise ConfigError(f"--recover-steps must be >= 0, got {self.recover_steps}")
         if self.distill and self.recover_steps == 0:
             raise ConfigError("--distill needs --recover-steps > 0")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; valid: {', '.join(DEVICES)}")
+        if self.device != "cpu" and self.recover_steps == 0:
+            raise ConfigError(f"--device {self.device} moves the recovery fine-tuning; it needs --recover-steps > 0")
 
 
 # -- structured ------------------------------------------------------------------------------------
@@ -270,6 +276,11 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
         raise ConfigError(f"prune reads an 'hf' text-classification artifact, got {artifact.format!r} {artifact.task!r}")
     if config.kind == "structured" and train is None:
         raise ConfigError("structured pruning scores heads and neurons on data: pass --data train.csv")
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # say so now, not after minutes of scoring on the CPU
+            raise ConfigError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
     started = time.perf_counter()
     max_length = config.max_length or artifact.model_meta.max_length
     with atomic_output(out, force, source=artifact.path) as staged:
@@ -308,7 +319,8 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
                 progress(f"recovering with {config.recover_steps} fine-tuning steps" + (" + distillation" if teacher else ""))
                 loop = LoopConfig(epochs=1, max_steps=config.recover_steps, lr=config.recover_lr,
                                   batch_size=config.batch_size, warmup_ratio=0.06, weight_decay=0.01, grad_clip=1.0,
-                                  seed=config.seed, patience=None, eval_every=config.recover_eval_every or max(config.recover_steps // 4, 1))
+                                  seed=config.seed, patience=None, eval_every=config.recover_eval_every or max(config.recover_steps // 4, 1),
+                                  device=config.device)
                 result = train_(model, tr, dv, input_names, loop, teacher=teacher, progress=progress, show_bar=show_bar)
                 metrics["recovery"] = {"steps": result.steps, "seconds": result.seconds, "history": result.history}
         else:

@@ -114,11 +114,15 @@ def test_removing_zero_importance_units_keeps_outputs(tiny_bert, tmp_path, data)
     assert onnx_art.lineage[-1].metrics["validation"]["outputs"]["logits"]["max_abs"] <= 1e-4
 
 
-def test_structured_prune_with_recovery_and_distillation(tuned, data, tmp_path):
-    cfg = PruneConfig(kind="structured", heads=0.25, ffn=0.3, samples=32, recover_steps=4, distill=True, batch_size=16)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_structured_prune_with_recovery_and_distillation(tuned, data, tmp_path, device):
+    """The recovery runs on --device (CUDA where there is one); the result is saved from the CPU either way."""
+    cfg = PruneConfig(kind="structured", heads=0.25, ffn=0.3, samples=32, recover_steps=4, distill=True, batch_size=16,
+                      device=device)
     art = prune(load_checkpoint(tuned.path), cfg, tmp_path / "p", train=data[0], dev=data[1], show_bar=False)
     m = art.lineage[-1].metrics
     assert sum(m["structure"]["heads"]) == 6 and m["recovery"]["steps"] == 4
+    assert art.lineage[-1].config["device"] == device
     assert {"eval_before", "eval_after_removal", "eval"} <= set(m)
     onnx_art = to_onnx(load_checkpoint(art.path), OnnxConfig(optimize=True), tmp_path / "onnx")
     assert onnx_art.lineage[-1].metrics["validation"]["outputs"]["logits"]["max_abs"] <= 1e-4
@@ -135,6 +139,16 @@ def test_layer_removal_shrinks_depth_and_reloads(tuned, data, tmp_path):
     assert onnx_art.lineage[-1].metrics["validation"]["outputs"]["logits"]["max_abs"] <= 1e-4
     with pytest.raises(ConfigError, match="--layers 2 would remove every layer; the model has 2"):
         prune(load_checkpoint(tuned.path), PruneConfig(layers=2, samples=8), tmp_path / "q", train=data[0], show_bar=False)
+
+
+def test_prune_on_cuda_without_a_gpu_is_refused_before_scoring(tuned, data, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    cfg = PruneConfig(heads=0.25, samples=8, recover_steps=2, device="cuda")
+    with pytest.raises(ConfigError, match="torch.cuda.is_available\\(\\) is False; use --device cpu"):
+        prune(load_checkpoint(tuned.path), cfg, tmp_path / "p", train=data[0], show_bar=False)
+    assert not (tmp_path / "p").exists()
 
 
 @pytest.mark.parametrize("cfg, expected", [
@@ -170,6 +184,8 @@ def test_choose_removed_keeps_one_per_layer():
     ({"heads": 0, "ffn": 0}, "needs --layers, --heads or --ffn above 0"),
     ({"layers": -1}, "--layers must be a whole number >= 0"),
     ({"distill": True}, "--distill needs --recover-steps > 0"),
+    ({"device": "tpu"}, "unknown device 'tpu'; valid: cpu, cuda"),
+    ({"device": "cuda"}, "--device cuda moves the recovery fine-tuning; it needs --recover-steps > 0"),
 ])
 def test_prune_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -11,6 +11,7 @@ from exporter.cli.common import (
     progress,
 )
 from exporter.cli.describe import describe
+from runtime.session import DEVICES
 
 
 @click.command(epilog=example(
@@ -35,12 +36,14 @@ from exporter.cli.describe import describe
               "evaluations over the recovery; each reads the whole set).")
 @click.option("--distill", is_flag=True, help="Recovery also learns the unpruned model's logits.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling and recovery.")
+@click.option("--device", type=choice(list(DEVICES)), default="cpu", show_default=True,
+              help="Where the recovery fine-tuning runs (cuda: a GPU; scoring stays on the CPU).")
 @data_options
 @force_option
 @json_option
 def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, sparsity: float | None, pattern: str | None,
           scope: str, data: str | None, eval_data: str | None, samples: int, recover_steps: int, recover_lr: float,
-          eval_every: int | None, distill: bool, seed: int, text_column: str, label_column: str, force: bool,
+          eval_every: int | None, distill: bool, seed: int, device: str, text_column: str, label_column: str, force: bool,
           as_json: bool) -> None:
     """Make a classifier smaller: structured (--heads/--ffn/--layers), unstructured (--sparsity) or 2:4 (--pattern 2:4)."""
     from calibration.sources import labelled_for
@@ -53,7 +56,7 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
     config = PruneConfig(kind=kind_of(layers, heads, ffn, sparsity, pattern), layers=layers, heads=heads, ffn=ffn,
                          sparsity=sparsity if sparsity is not None else 0.5, scope=scope, samples=samples,
                          recover_steps=recover_steps, recover_lr=recover_lr, recover_eval_every=eval_every,
-                         distill=distill, seed=seed)
+                         distill=distill, seed=seed, device=device)
     check_output(out.absolute(), force)
     task = prune_task(artifact)  # a ViT prunes on images; a CNN is refused here, before loading
     source = load_checkpoint(artifact, task)
