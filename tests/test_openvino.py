@@ -180,3 +180,61 @@ def test_serve_refuses_no_spinning_on_openvino(tiny_onnx):
     svc = Service(tiny_onnx.path, ServeConfig(backend="openvino", spinning=False))
     with pytest.raises(ConfigError, match="--no-spinning applies to onnxruntime's thread pool; .* runs on openvino"):
         svc.load_model(tiny_onnx.path)
+
+
+def test_small_batches_run_on_static_shape_copies_with_the_same_answers(tiny_onnx):
+    """Batch 1 is padded (masked) to a multiple of static_multiple and run on a copy compiled for that shape:
+    the same logits as onnxruntime and as the dynamic-shape model, a few copies for every length, LRU-bounded."""
+    needs_openvino()
+    texts = ["bad", "the movie was good", "a very long and boring film , but fun " * 3]
+    with TextClassifier(tiny_onnx) as ort, \
+            TextClassifier(tiny_onnx, backend="openvino", static_multiple=16) as ov, \
+            TextClassifier(tiny_onnx, backend="openvino", static_batch=0) as dyn:
+        assert "static shapes for batches <= 1" in ov.session.describe()
+        assert "static" not in dyn.session.describe()
+        lengths = [len(e.ids) for e in ov.encode(texts)]
+        assert lengths[0] <= lengths[1] <= 16 < lengths[2]  # two buckets: 16 and 32 or more
+        for t in texts:
+            np.testing.assert_allclose(ov.logits([t]), ort.logits([t]), atol=1e-5)
+            np.testing.assert_allclose(ov.logits([t]), dyn.logits([t]), atol=1e-5)
+        assert sorted(dict(k)["input_ids"][1] for k in ov.session._static) == [16, -(-lengths[2] // 16) * 16]
+        assert not dyn.session._static
+        np.testing.assert_allclose(ov.logits(texts), ort.logits(texts), atol=1e-5)  # 3 rows: the dynamic model
+        assert len(ov.session._static) == 2
+    with TextClassifier(tiny_onnx, backend="openvino", static_cache=1) as one:
+        for t in texts:
+            one.logits([t])
+        assert len(one.session._static) == 1  # least recently used copies go
+
+
+def test_static_copies_cut_sequence_outputs_back_to_the_real_length(tmp_path):
+    needs_openvino()
+    from exporter.load import load_checkpoint
+    from exporter.onnx_export import OnnxConfig, to_onnx
+    from tests.conftest import build_tiny
+
+    art = to_onnx(load_checkpoint(build_tiny(tmp_path / "enc", task="feature-extraction"), "feature-extraction"),
+                  OnnxConfig(), tmp_path / "onnx")
+    feed = {s.name: np.ones((1, 5), np.int64) for s in art.inputs}
+    with open_session(art, backend="openvino") as ov, open_session(art) as ort:
+        got, want = ov.run(feed), ort.run(feed)
+        assert got["last_hidden_state"].shape == want["last_hidden_state"].shape == (1, 5, 32)
+        np.testing.assert_allclose(got["last_hidden_state"], want["last_hidden_state"], atol=1e-5)
+        assert [dict(k)["input_ids"] for k in ov._static] == [(1, 16)]
+
+
+def test_text_padding_needs_a_mask():
+    from runtime.tasks.meta import ModelMeta
+    from runtime.tasks.text import FAMILY
+
+    meta = ModelMeta.from_dict({"pad_token_id": 3})
+    ids = np.array([[101, 7, 102]])
+    assert FAMILY.pad_feed({"input_ids": ids}, 8, meta) is None  # unmasked padding would change the answer
+    padded = FAMILY.pad_feed({"input_ids": ids, "attention_mask": np.ones_like(ids)}, 5, meta)
+    assert padded["input_ids"].tolist() == [[101, 7, 102, 3, 3]] and padded["attention_mask"].tolist() == [[1, 1, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("key, value", [("static_batch", -1), ("static_multiple", 0), ("static_cache", 0)])
+def test_static_shape_options_are_checked(key, value):
+    with pytest.raises(ConfigError, match=f"{key} must be an integer >= "):
+        OpenVinoOptions(**{key: value})

@@ -7,6 +7,7 @@ read back from the compiled model, and a precision this CPU lacks is refused bef
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -65,42 +66,97 @@ class OpenVinoSession(Session):
         if self.device != "cpu":
             raise ConfigError(f"the openvino backend runs on the CPU here, got device {self.device!r}; use --device cpu")
         ov = import_openvino()
-        core = ov.Core()
+        self._core = core = ov.Core()
         check_precision(self.options.dtype, cpu_capabilities(core))
-        model = read_model(core, self.artifact.model_file)
-        try:
-            self._compiled = core.compile_model(model, "CPU", self.options.compile_config())
-        except Exception as e:
-            raise BackendError(f"OpenVINO could not compile {self.artifact.model_file}: "
-                               f"{' '.join(str(e).split())[-300:]}") from None
-        hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
+        compiled = self._compile(read_model(core, self.artifact.model_file))
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
         got = PRECISION_NAMES.get(getattr(hint, "get_type_name", lambda: str(hint))(), str(hint))
         if got != self.options.dtype:
             raise BackendError(f"OpenVINO was asked for {self.options.dtype} but compiled for {got}")
-        self._streams = int(self._compiled.get_property("NUM_STREAMS"))
-        self._request = self._compiled.create_infer_request()
-        self._ports = {}
-        for spec in self.outputs:
-            try:
-                self._ports[spec.name] = self._compiled.output(spec.name)
-            except Exception:  # the manifest names an output the model does not have: the artifact is wrong
-                raise ArtifactError(f"{self.artifact.model_file} has no output {spec.name!r} "
-                                    f"(it has {[o.get_any_name() for o in self._compiled.outputs]})") from None
+        self._streams = int(compiled.get_property("NUM_STREAMS"))
+        self._dynamic = self._request_for(compiled)
+        # static-shape copies: shapes -> (request, ports), least recently used first
+        self._static: OrderedDict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._static_failed = False
+        # inputs and outputs whose axis 1 is the sequence (text): padded, and cut back after
+        self._seq_inputs = [s.name for s in self.artifact.inputs if s.shape[1:2] == ("sequence",)]
+        self._seq_outputs = {s.name for s in self.outputs if s.shape[1:2] == ("sequence",)}
+        self._meta = self.artifact.model_meta
         self._lock = threading.Lock()  # an infer request is not thread-safe; onnxruntime sessions are
 
+    def _compile(self, model: Any) -> Any:
+        try:
+            return self._core.compile_model(model, "CPU", self.options.compile_config())
+        except Exception as e:
+            raise BackendError(f"OpenVINO could not compile {self.artifact.model_file}: "
+                               f"{' '.join(str(e).split())[-300:]}") from None
+
+    def _request_for(self, compiled: Any) -> tuple[Any, dict[str, Any]]:
+        ports = {}
+        for spec in self.outputs:
+            try:
+                ports[spec.name] = compiled.output(spec.name)
+            except Exception:  # the manifest names an output the model does not have: the artifact is wrong
+                raise ArtifactError(f"{self.artifact.model_file} has no output {spec.name!r} "
+                                    f"(it has {[o.get_any_name() for o in compiled.outputs]})") from None
+        return compiled.create_infer_request(), ports
+
     def _close(self) -> None:
-        self._request = self._compiled = None
+        self._dynamic = None
+        self._static = OrderedDict()
+
+    def _static_copy(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Any, dict[str, Any]] | None:
+        """The model compiled for exactly these input shapes (None: it cannot be; the dynamic one serves)."""
+        key = tuple(sorted(shapes.items()))
+        if key in self._static:
+            self._static.move_to_end(key)
+            return self._static[key]
+        try:
+            model = read_model(self._core, self.artifact.model_file)
+            model.reshape({name: list(shape) for name, shape in shapes.items()})
+            entry = self._request_for(self._compile(model))
+        except Exception:  # a graph whose shapes cannot be fixed: stay on the dynamic model, same precision
+            self._static_failed = True
+            return None
+        self._static[key] = entry
+        while len(self._static) > self.options.static_cache:
+            self._static.popitem(last=False)
+        return entry
+
+    def _plan(self, feed: dict[str, np.ndarray]) -> tuple[tuple[Any, dict[str, Any]], dict[str, np.ndarray], int | None]:
+        """(request and ports, the feed to give it, the real sequence length to cut outputs back to)."""
+        opts = self.options
+        rows = next(iter(feed.values())).shape[0]
+        if not opts.static_batch or rows > opts.static_batch or self._static_failed:
+            return self._dynamic, feed, None
+        real = None
+        if self._seq_inputs:
+            length = int(feed[self._seq_inputs[0]].shape[1])
+            padded_to = min(-(-length // opts.static_multiple) * opts.static_multiple, max(length, self._meta.max_length))
+            padded = self.artifact.family.pad_feed(feed, padded_to, self._meta) if padded_to != length else None
+            if padded is not None:
+                feed, real = padded, length
+        entry = self._static_copy({name: value.shape for name, value in feed.items()})
+        if entry is None:
+            return self._dynamic, feed if real is None else {k: v[:, :real] for k, v in feed.items()}, None
+        return entry, feed, real
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             with self._lock:
+                (request, ports), feed, real = self._plan(feed)
                 # share_outputs=False (the default): results are copies, not views of the request's buffers
-                result = self._request.infer(feed)
-                return {name: np.array(result[port]) for name, port in self._ports.items()}
+                result = request.infer(feed)
+                out = {name: np.array(result[port]) for name, port in ports.items()}
         except Exception as e:
             raise InputError(f"OpenVINO rejected the feed: {' '.join(str(e).split())[-300:]}") from None
+        if real is not None:  # back to the caller's length: padding is not part of the answer
+            out = {name: value[:, :real] if name in self._seq_outputs else value for name, value in out.items()}
+        return out
 
     def describe(self) -> str:
         if self._opened:
-            return f"openvino CPU ({self.options.dtype}, {self.options.hint}, {self._streams} stream(s))"
+            static = (f", static shapes for batches <= {self.options.static_batch}"
+                      if self.options.static_batch else "")
+            return f"openvino CPU ({self.options.dtype}, {self.options.hint}, {self._streams} stream(s){static})"
         return super().describe()

@@ -155,6 +155,11 @@ class Family(ABC):
         """Whether a graph taking these inputs is one of this family's (for readers given only specs)."""
         return False
 
+    def pad_feed(self, feed: Feed, length: int, meta: ModelMeta) -> Feed | None:
+        """`feed` padded along its sequence axis to `length` so that the model's answers for the real
+        positions do not change (None: this family's feeds cannot be padded that way); the default: None."""
+        return None
+
     def item_size(self, feed: Feed) -> Any:
         """The size of one item of a batch for a latency table's size column: tokens per row for text."""
         first = next(iter(feed.values()))

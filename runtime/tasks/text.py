@@ -329,6 +329,20 @@ class TextFamily(Family):
     def serves_inputs(self, names: Sequence[str]) -> bool:
         return bool(names) and set(names) <= {n for v in INPUT_NAMES.values() for n in v}
 
+    def pad_feed(self, feed: Feed, length: int, meta: ModelMeta) -> Feed | None:
+        """Padding the model masks out: the pad id, mask 0, type 0 after each row's tokens. Only with a mask:
+        without one, padding would change what the model computes."""
+        if MASK not in feed:
+            return None
+        out = {}
+        for name, value in feed.items():
+            extra = length - value.shape[1]
+            if extra < 0:
+                raise ValueError(f"cannot pad {name} of length {value.shape[1]} to {length}")
+            fill = meta.pad_token_id if name == "input_ids" else 0
+            out[name] = np.pad(value, ((0, 0), (0, extra)), constant_values=fill)
+        return out
+
     def mask(self, feed: Feed) -> np.ndarray | None:
         """Which positions are real tokens (1) and which padding (0), when the model takes a mask."""
         return feed.get(MASK)
