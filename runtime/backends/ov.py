@@ -145,8 +145,9 @@ class OpenVinoSession(Session):
         try:
             with self._lock:
                 (request, ports), feed, real = self._plan(feed)
+                # share_inputs: the request reads the caller's arrays in place (the call is synchronous);
                 # share_outputs=False (the default): results are copies, not views of the request's buffers
-                result = request.infer(feed)
+                result = request.infer(feed, share_inputs=True)
                 out = {name: np.array(result[port]) for name, port in ports.items()}
         except Exception as e:
             raise InputError(f"OpenVINO rejected the feed: {' '.join(str(e).split())[-300:]}") from None
