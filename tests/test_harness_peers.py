@@ -41,3 +41,25 @@ def test_a_broken_peer_environment_is_one_clear_error(tiny_onnx, tmp_path):
         peer_python("/nope/python")
     with PeerClient(sys.executable) as client, pytest.raises(BackendError, match="peer peer:optimum-fp32 load failed"):
         client.load(Peer("optimum-fp32", tmp_path / "no-model", sys.executable))
+
+
+def test_pass_by_pass_ratios_show_what_survives_the_noise():
+    from benchmarks.harness.render import markdown, paired_ratios
+
+    def row(name, per_s, walls):
+        return {"candidate": name, "sentences_per_s": per_s, "round_wall_s": walls}
+
+    rows = [row("kiln", 400.0, [1.0, 2.0, 1.0]), row("peer:slow", 50.0, [8.0, 8.0, 8.0]),
+            row("peer:fast", 100.0, [4.0, 3.0, 4.0])]
+    paired, cols = paired_ratios(rows)
+    assert cols == ["candidate", "x peer:fast per pass", "lowest x peer:slow", "lowest x peer:fast"]
+    # the second pass was slow for Kiln alone: 3.0 / 2.0, the ratio that holds in every pass
+    assert paired[0] == {"candidate": "kiln", "x peer:fast per pass": "4.00, 1.50, 4.00",
+                         "lowest x peer:slow": "4.00", "lowest x peer:fast": "1.50"}
+    assert paired_ratios([row("kiln", 1.0, [1.0])]) == ([], [])  # no peer, no section
+    report = {"config": {}, "command": "x", "created": "now", "environment": {
+        "cpu": "c", "cpu_count": 2, "cpu_flags": [], "gpus": [], "kiln": "0", "versions": {}}, "results": [],
+        "data_results": [r | {"data": "d", "n": 3, "data_sha256": "0" * 64, "batch_size": 32, "runtime": "r",
+                              "wall_s": 1, "batch_p50_ms": 1, "batch_p99_ms": 1, "accuracy": 1, "macro_f1": 1,
+                              "spread": 0.0, "noisy": False} for r in rows]}
+    assert "### Pass by pass against the peers" in markdown(report) and "4.00, 1.50, 4.00" in markdown(report)

@@ -28,6 +28,29 @@ def peer_ratios(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     return out, cols
 
 
+def paired_ratios(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each candidate's speed against each peer pass by pass: the peer's wall time over the candidate's in the
+    same interleaved pass, where drift hits both alike. The lowest of them is the ratio that survives the
+    machine's noise, which a NOISY median ratio cannot promise."""
+    peers = [r for r in rows if r["candidate"].startswith("peer:") and r.get("round_wall_s")]
+    if not peers:
+        return [], []
+    strongest = max(peers, key=lambda p: p["sentences_per_s"])
+    cols = ["candidate", f"x {strongest['candidate']} per pass", *[f"lowest x {p['candidate']}" for p in peers]]
+    out = []
+    for r in rows:
+        if not r.get("round_wall_s") or len(r["round_wall_s"]) != len(strongest["round_wall_s"]):
+            continue
+        row = {"candidate": r["candidate"]}
+        for p in peers:
+            ratios = [pw / cw for pw, cw in zip(p["round_wall_s"], r["round_wall_s"]) if cw]
+            if p is strongest:
+                row[cols[1]] = ", ".join(f"{x:.2f}" for x in ratios)
+            row[f"lowest x {p['candidate']}"] = f"{min(ratios):.2f}" if ratios else ""
+        out.append(row)
+    return out, cols
+
+
 def environment_lines(env: dict[str, Any]) -> list[str]:
     v = env.get("versions", {})
     libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "torch", "transformers", "tokenizers", "numpy", "openvino")
@@ -66,6 +89,13 @@ def markdown(report: dict[str, Any], md: bool = True) -> str:
                   "pass. Batch latency: Kiln's rows time each model call of its pipeline (preprocessing runs once "
                   "per pass before them); a peer's rows time each pipeline call of a batch, tokenization included.",
                   "", table(rows, DATA_COLUMNS + ratio_cols, markdown=md), ""]
+        paired, paired_cols = paired_ratios(report["data_results"])
+        if paired:
+            lines += ["### Pass by pass against the peers", "",
+                      "The passes interleave the candidates, so a slow moment of the machine hits every candidate in "
+                      "that pass alike: a peer's wall time over the candidate's in the same pass. The lowest of "
+                      "these is the ratio that holds even when the medians above are NOISY.", "",
+                      table(paired, paired_cols, markdown=md), ""]
     noisy = [r["candidate"] for r in report["results"] + report["data_results"] if r["noisy"]]
     if noisy:
         lines += [f"Warning: {len(noisy)} row(s) too noisy to trust ({', '.join(sorted(set(noisy)))}); "
