@@ -184,7 +184,7 @@ def test_serve_refuses_no_spinning_on_openvino(tiny_onnx):
 
 def test_small_batches_run_on_static_shape_copies_with_the_same_answers(tiny_onnx):
     """Batch 1 is padded (masked) to a multiple of static_multiple and run on a copy compiled for that shape:
-    the same logits as onnxruntime and as the dynamic-shape model, a few copies for every length, LRU-bounded."""
+    the same logits as onnxruntime and as the dynamic-shape model, a few copies for every length, at most static_cache."""
     needs_openvino()
     texts = ["bad", "the movie was good", "a very long and boring film , but fun " * 3]
     with TextClassifier(tiny_onnx) as ort, \
@@ -201,10 +201,10 @@ def test_small_batches_run_on_static_shape_copies_with_the_same_answers(tiny_onn
         assert not dyn.session._static
         np.testing.assert_allclose(ov.logits(texts), ort.logits(texts), atol=1e-5)  # 3 rows: the dynamic model
         assert len(ov.session._static) == 2
-    with TextClassifier(tiny_onnx, backend="openvino", static_cache=1) as one:
-        for t in texts:
-            one.logits([t])
-        assert len(one.session._static) == 1  # least recently used copies go
+    with TextClassifier(tiny_onnx, backend="openvino", static_cache=1) as one, TextClassifier(tiny_onnx) as ort:
+        for t in texts:  # the first shape gets the one copy; the longer one runs on the dynamic model
+            np.testing.assert_allclose(one.logits([t]), ort.logits([t]), atol=1e-5)
+        assert [dict(k)["input_ids"] for k in one.session._static] == [(1, 16)]
 
 
 def test_static_copies_cut_sequence_outputs_back_to_the_real_length(tmp_path):

@@ -106,8 +106,9 @@ class OpenVinoOptions:
     # text: sequence lengths are padded up (masked, the family's way) to a multiple of this before choosing a
     # static copy, so a few copies serve every length (up to 128 tokens: 8 copies at 16)
     static_multiple: int = 16
-    # static copies kept, least recently used first out; each costs about the compiled model's memory
-    # (about 80 MB for the int8 MiniLM)
+    # static copies made, for the first shapes seen (later shapes run on the dynamic-shape model; a copy is
+    # never replaced, so no request pays for another's compile twice); each costs about the compiled model's
+    # memory (85-110 MB for the int8 MiniLM, measured here)
     static_cache: int = 8
 
     def __post_init__(self) -> None:

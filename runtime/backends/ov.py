@@ -7,7 +7,6 @@ read back from the compiled model, and a precision this CPU lacks is refused bef
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -75,8 +74,8 @@ class OpenVinoSession(Session):
             raise BackendError(f"OpenVINO was asked for {self.options.dtype} but compiled for {got}")
         self._streams = int(compiled.get_property("NUM_STREAMS"))
         self._dynamic = self._request_for(compiled)
-        # static-shape copies: shapes -> (request, ports), least recently used first
-        self._static: OrderedDict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = OrderedDict()
+        # static-shape copies: shapes -> (request, ports), the first static_cache shapes seen
+        self._static: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
         self._static_failed = False
         # inputs and outputs whose axis 1 is the sequence (text): padded, and cut back after
         self._seq_inputs = [s.name for s in self.artifact.inputs if s.shape[1:2] == ("sequence",)]
@@ -103,14 +102,17 @@ class OpenVinoSession(Session):
 
     def _close(self) -> None:
         self._dynamic = None
-        self._static = OrderedDict()
+        self._static = {}
 
     def _static_copy(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Any, dict[str, Any]] | None:
-        """The model compiled for exactly these input shapes (None: it cannot be; the dynamic one serves)."""
+        """The model compiled for exactly these input shapes (None: it cannot be, or the copies are all made;
+        the dynamic-shape model serves). Copies are never replaced: a client cycling through lengths could
+        otherwise make every request pay a compile (~0.5 s here) while holding the session."""
         key = tuple(sorted(shapes.items()))
         if key in self._static:
-            self._static.move_to_end(key)
             return self._static[key]
+        if len(self._static) >= self.options.static_cache:
+            return None
         try:
             model = read_model(self._core, self.artifact.model_file)
             model.reshape({name: list(shape) for name, shape in shapes.items()})
@@ -119,8 +121,6 @@ class OpenVinoSession(Session):
             self._static_failed = True
             return None
         self._static[key] = entry
-        while len(self._static) > self.options.static_cache:
-            self._static.popitem(last=False)
         return entry
 
     def _plan(self, feed: dict[str, np.ndarray]) -> tuple[tuple[Any, dict[str, Any]], dict[str, np.ndarray], int | None]:
