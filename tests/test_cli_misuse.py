@@ -31,3 +31,33 @@ def test_doctor_measure_speaks_of_images_for_a_vision_artifact(cnn_onnx):
     assert not any("token" in k or "token" in str(v) for row in rows for k, v in row.items())
     human = run("doctor", "--measure", cnn_onnx.path).stdout
     assert "32 images of 3x16x16" in human and "token" not in human
+
+
+@pytest.mark.parametrize("method, args, message", [
+    ("nncf-int8", ["--calibrator", "percentile"],
+     "--calibrator is not used by --method nncf-int8; it is an option of --method static-int8"),
+    ("nncf-int8", ["--percentile", "99.9"], "--percentile is not used by --method nncf-int8"),
+    ("nncf-int8", ["--calib-cache", "c.json"], "--calib-cache is not used by --method nncf-int8"),
+    ("nncf-int8", ["--activation-type", "int8"], "--activation-type is not used by --method nncf-int8"),
+    ("nncf-int8", ["--per-tensor"], "--per-tensor is not used by --method nncf-int8; it is an option of "
+                                    "--method dynamic-int8 or static-int8"),
+    ("dynamic-int8", ["--target", "tensorrt"], "--target is not used by --method dynamic-int8; it is an option of "
+                                               "--method nncf-int8"),
+    ("static-int8", ["--subset-size", "10"], "--subset-size is not used by --method static-int8"),
+    ("fp16", ["--smooth-quant-alpha", "0.5"], "--smooth-quant-alpha is not used by --method fp16"),
+    ("dynamic-int8", ["--calibrator", "entropy"], "--calibrator is not used by --method dynamic-int8"),
+    ("fp16", ["--weight-type", "int8"], "--weight-type is not used by --method fp16"),
+    ("static-int8", ["--percentile", "99.9"], "--percentile is used by --calibrator percentile only, got --calibrator minmax"),
+])
+def test_quantize_refuses_an_option_its_method_ignores(tiny_onnx, tmp_path, method, args, message):
+    one_line_error(run("quantize", tiny_onnx.path, "--method", method, "-o", tmp_path / "q", *args), message)
+    assert not (tmp_path / "q").exists()
+
+
+def test_quantize_defaults_and_shared_options_pass_the_method_check(tiny_onnx):
+    """Options left at their defaults are never 'given'; options every method uses pass."""
+    from exporter.quantize import check_options_for
+
+    for method in ("dynamic-int8", "static-int8", "fp16", "nncf-int8"):
+        check_options_for(method, {"max_accuracy_drop": "--max-accuracy-drop", "eval_data": "--eval-data"}, "minmax")
+    check_options_for("static-int8", {"percentile": "--percentile"}, "percentile")

@@ -140,6 +140,20 @@ def data_options(f: Any) -> Any:
     return text_column_option(label_column_option(f))
 
 
+def given_options(ctx: click.Context) -> dict[str, str]:
+    """The options the user set (command line or environment), name -> the spelling to name it by in an error
+    (the flag of an on/off pair that was used); options left at their defaults are not in it."""
+    from click.core import ParameterSource
+
+    given = {}
+    for p in ctx.command.params:
+        if isinstance(p, click.Option) and ctx.get_parameter_source(p.name) in (  # type: ignore[arg-type]
+                ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            opts = p.secondary_opts if p.secondary_opts and ctx.params.get(p.name) is False else p.opts
+            given[str(p.name)] = max(opts, key=len)  # --per-tensor, --output (not -o)
+    return given
+
+
 def example(*lines: str) -> str:
     """A command's help epilog: a few commands to copy (\b keeps Click from re-wrapping them)."""
     return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
