@@ -61,3 +61,45 @@ def test_quantize_defaults_and_shared_options_pass_the_method_check(tiny_onnx):
     for method in ("dynamic-int8", "static-int8", "fp16", "nncf-int8"):
         check_options_for(method, {"max_accuracy_drop": "--max-accuracy-drop", "eval_data": "--eval-data"}, "minmax")
     check_options_for("static-int8", {"percentile": "--percentile"}, "percentile")
+
+
+BENCH = ("--batch-sizes", "1", "--seq-len", "8", "--iters", "1", "--warmup", "0", "--rounds", "1")
+
+
+def test_bench_refuses_a_report_folder_that_is_not_empty_without_force(tiny_onnx, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench-pareto.png").write_bytes(b"an older run's plot")  # this run (no --data) draws no pareto plot
+    (out / "notes.txt").write_text("mine")
+    r = run("bench", tiny_onnx.path, *BENCH, "-o", out)
+    one_line_error(r, f"-o {out} already holds files (bench-pareto.png, notes.txt); pass --force")
+    assert "latency rounds" not in r.output  # refused before measuring
+    r = run("bench", tiny_onnx.path, *BENCH, "-o", out, "--force")
+    assert r.exit_code == 0, r.output
+    # --force replaces the report: the older run's files of this report name go, other files stay
+    assert sorted(p.name for p in out.iterdir()) == ["bench-latency.png", "bench.json", "bench.md", "notes.txt"]
+
+
+def test_bench_removes_staging_folders_that_a_killed_run_left(tiny_onnx, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from exporter.staging import HOST
+
+    out = tmp_path / "out"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = out / f".bench.kiln-tmp-{HOST}-{gone.pid}-{time.time_ns()}-0a1b2c3d"  # its owner was kill -9'd
+    old = out / ".kiln-tmp-x1y2z3"  # an unstamped one (older Kiln), untouched for an hour
+    for d in (dead, old):
+        (d / "half").mkdir(parents=True)
+    os.utime(old, (time.time() - 3600,) * 2)
+    r = run("bench", tiny_onnx.path, *BENCH, "-o", out)  # nothing but stale staging: no --force needed
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["bench-latency.png", "bench.json", "bench.md"]
+    live = out / f".bench.kiln-tmp-{HOST}-{os.getpid()}-{time.time_ns()}-0a1b2c3d"  # a run writing now: kept
+    live.mkdir()
+    assert run("bench", tiny_onnx.path, *BENCH, "-o", out, "--force").exit_code == 0
+    assert live.is_dir()
