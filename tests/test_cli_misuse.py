@@ -103,3 +103,39 @@ def test_bench_removes_staging_folders_that_a_killed_run_left(tiny_onnx, tmp_pat
     live.mkdir()
     assert run("bench", tiny_onnx.path, *BENCH, "-o", out, "--force").exit_code == 0
     assert live.is_dir()
+
+
+def test_quiet_silences_onnxruntime_fusion_messages(tiny_onnx, tmp_path, caplog):
+    """The tiny model's vocabulary is smaller than its position table, so onnxruntime's fusion warns about it
+    (a logging warning from onnxruntime.transformers): shown normally, silenced by -q. (pytest's log capture
+    takes the record in-process; outside pytest logging's last-resort handler prints it on stderr.)"""
+    def warned() -> bool:
+        found = any("word_embedding_table" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        return found
+
+    assert run("optimize", tiny_onnx.path, "-o", tmp_path / "a").exit_code == 0 and warned()
+    quiet = run("-q", "optimize", tiny_onnx.path, "-o", tmp_path / "b", "--json")
+    assert quiet.exit_code == 0, quiet.output
+    assert not warned() and quiet.stderr == "" and json.loads(quiet.stdout)["format"] == "onnx"
+    assert run("optimize", tiny_onnx.path, "-o", tmp_path / "c").exit_code == 0 and warned()  # -q ends with its command
+
+
+def test_fusion_prints_stay_off_stdout_and_quiet_silences_them(tiny_onnx, tmp_path, monkeypatch, caplog):
+    """onnxruntime's optimizer also print()s (e.g. 'Removed N initializers'): that went onto stdout, into --json."""
+    import onnxruntime.transformers.optimizer as ort_optimizer
+
+    real = ort_optimizer.optimize_model
+
+    def chatty(*args, **kwargs):
+        print("Removed 3 initializers with duplicated value")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort_optimizer, "optimize_model", chatty)
+    loud = run("optimize", tiny_onnx.path, "-o", tmp_path / "a", "--json")
+    assert json.loads(loud.stdout)["format"] == "onnx"
+    assert any("Removed 3 initializers" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    quiet = run("-q", "optimize", tiny_onnx.path, "-o", tmp_path / "b", "--json")
+    assert json.loads(quiet.stdout)["format"] == "onnx" and quiet.stderr == ""
+    assert not any("Removed 3 initializers" in r.getMessage() for r in caplog.records)
