@@ -139,3 +139,15 @@ def test_fusion_prints_stay_off_stdout_and_quiet_silences_them(tiny_onnx, tmp_pa
     quiet = run("-q", "optimize", tiny_onnx.path, "-o", tmp_path / "b", "--json")
     assert json.loads(quiet.stdout)["format"] == "onnx" and quiet.stderr == ""
     assert not any("Removed 3 initializers" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value", ["", " , "])
+def test_bench_names_an_empty_backend_not_a_missing_artifact(tiny_onnx, value):
+    one_line_error(run("bench", "--backend", value, tiny_onnx.path),
+                   f"--backend {value!r} names no backend; valid (comma-separated): auto, onnxruntime, torch")
+
+
+def test_bench_checks_every_backend_before_opening_any(tiny_onnx):
+    r = run("bench", "--backend", "onnxruntime,bogus", tiny_onnx.path, *BENCH)
+    one_line_error(r, "--backend: unknown backend 'bogus'; valid (comma-separated): auto, onnxruntime")
+    assert "opened" not in r.output

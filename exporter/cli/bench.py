@@ -83,7 +83,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
     """Benchmark ARTIFACTS side by side: latency sweeps and/or end to end on labelled data, interleaved rounds."""
     from benchmarks.harness import BenchPlan, DataConfig, SweepConfig, run_bench
     from benchmarks.harness.render import markdown as render_md
-    from benchmarks.harness.run import default_candidates
+    from benchmarks.harness.run import backend_names, default_candidates
     from benchmarks.harness.suites import load_suite
     from runtime.backends.options import torch_only
 
@@ -102,7 +102,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
     else:
         if not artifacts:
             raise ConfigError("name at least one ARTIFACT, or --suite NAME")
-        names = [b.strip() for b in backend.split(",") if b.strip()]
+        names = backend_names(backend)
         cands = default_candidates([str(a) for a in artifacts], names, device,
                                    {"threads": threads} if threads else {}, torch_only(names, device, dtype, cuda_graphs))
         sweep = None
