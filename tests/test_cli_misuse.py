@@ -151,3 +151,50 @@ def test_bench_checks_every_backend_before_opening_any(tiny_onnx):
     r = run("bench", "--backend", "onnxruntime,bogus", tiny_onnx.path, *BENCH)
     one_line_error(r, "--backend: unknown backend 'bogus'; valid (comma-separated): auto, onnxruntime")
     assert "opened" not in r.output
+
+
+def review_csv(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,label\nA fine film.,positive\nDull.,negative\n")
+    return path
+
+
+def test_a_missing_text_column_names_the_option_this_command_has(tiny_onnx, tmp_path):
+    data = review_csv(tmp_path)
+    has = f"{data} has no column 'text'; its columns are ['review', 'label']"
+    one_line_error(run("eval", tiny_onnx.path, "--data", data), has + " (choose it with --text-column)")
+    one_line_error(run("predict", tiny_onnx.path, "--csv", data), has + " (choose it with --column)")
+    r = run("bench", tiny_onnx.path, "--data", data)
+    one_line_error(r, has + " (kiln bench has no option to choose it: rename the file's column to 'text')")
+    assert "--text-column" not in r.output
+    (tmp_path / "l.csv").write_text("text,stars\nA fine film.,5\n")
+    one_line_error(run("eval", tiny_onnx.path, "--data", tmp_path / "l.csv"),
+                   "has no column 'label'; its columns are ['text', 'stars'] (choose it with --label-column)")
+    (tmp_path / "r.jsonl").write_text('{"review": "A fine film.", "label": "positive"}\n')
+    one_line_error(run("bench", tiny_onnx.path, "--data", tmp_path / "r.jsonl"),
+                   "line 1: no field 'text'; it has ['label', 'review'] (kiln bench has no option to choose it")
+
+
+def test_image_data_for_a_text_model_and_text_data_for_an_image_model(tiny_onnx, cnn_onnx, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "imgs" / "circle"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
+    text_model = "but the artifact is a text-classification model: give it texts (CSV/TSV/JSONL, or movie-snippets:SPLIT)"
+    for cmd in (["eval", tiny_onnx.path, "--data"], ["bench", tiny_onnx.path, "--data"]):
+        one_line_error(run(*cmd, "mnist-5k:test"), f"mnist-5k:test is an image dataset, {text_model}")
+        one_line_error(run(*cmd, tmp_path / "imgs"), f"{tmp_path / 'imgs'} is a folder (image data), {text_model}")
+        one_line_error(run(*cmd, folder / "a.png"), f"{folder / 'a.png'} is an image file, {text_model}")
+    one_line_error(run("quantize", tiny_onnx.path, "--method", "static-int8", "--calib-data", "mnist-5k:train",
+                       "-o", tmp_path / "q"), f"mnist-5k:train is an image dataset, {text_model}")
+    image_model = ("but the artifact is an image-classification model: give it images (a folder with one subfolder "
+                   "per label, or mnist-5k:SPLIT)")
+    data = review_csv(tmp_path)
+    for cmd in (["eval", cnn_onnx.path, "--data"], ["bench", cnn_onnx.path, "--data"]):
+        one_line_error(run(*cmd, data), f"{data} is a text file (.csv), {image_model}")
+        one_line_error(run(*cmd, "movie-snippets:test"), f"movie-snippets:test is a text dataset, {image_model}")
+    one_line_error(run("quantize", cnn_onnx.path, "--method", "static-int8", "--calib-data", data, "-o", tmp_path / "q"),
+                   f"{data} is a text file (.csv), but the artifact is an image-classification model: give it images "
+                   "(an image folder or file, or mnist-5k:SPLIT)")
