@@ -198,3 +198,11 @@ def test_image_data_for_a_text_model_and_text_data_for_an_image_model(tiny_onnx,
     one_line_error(run("quantize", cnn_onnx.path, "--method", "static-int8", "--calib-data", data, "-o", tmp_path / "q"),
                    f"{data} is a text file (.csv), but the artifact is an image-classification model: give it images "
                    "(an image folder or file, or mnist-5k:SPLIT)")
+
+
+@pytest.mark.parametrize("flag", ["--quiet", "-q"])
+def test_a_group_option_after_the_command_says_where_it_goes(tiny_onnx, flag):
+    one_line_error(run("bench", tiny_onnx.path, flag),
+                   f"{flag} is an option of kiln itself, not of kiln bench: put it before the command "
+                   "(kiln -q bench ...)")
+    one_line_error(run("bench", tiny_onnx.path, "--qiet"), "No such option")  # others stay click's

@@ -44,14 +44,26 @@ class KilnGroup(click.Group):
         except KilnError as e:
             fail(str(e), e.exit_code)
         except click.UsageError as e:
+            misplaced = self.misplaced_option(e)
             where = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-            fail(e.format_message() + where, 2)
+            fail(misplaced or e.format_message() + where, 2)
         except click.ClickException as e:
             fail(e.format_message(), e.exit_code)
         except (click.Abort, KeyboardInterrupt):
             fail("interrupted", 130)
         progress.end_bar()
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def misplaced_option(self, e: click.UsageError) -> str | None:
+        """`kiln bench ART --quiet`: an option of the group itself given after a command (click only says the
+        command has no such option)."""
+        if not isinstance(e, click.NoSuchOption) or e.ctx is None or e.ctx.command is self:
+            return None
+        for p in self.params:
+            if isinstance(p, click.Option) and e.option_name in p.opts and not p.hidden:
+                return (f"{e.option_name} is an option of {self.name} itself, not of {e.ctx.command_path}: put it before "
+                        f"the command ({self.name} {min(p.opts, key=len)} {e.ctx.info_name} ...)")
+        return None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
