@@ -206,3 +206,21 @@ def test_a_group_option_after_the_command_says_where_it_goes(tiny_onnx, flag):
                    f"{flag} is an option of kiln itself, not of kiln bench: put it before the command "
                    "(kiln -q bench ...)")
     one_line_error(run("bench", tiny_onnx.path, "--qiet"), "No such option")  # others stay click's
+
+
+def test_predict_and_eval_take_dtype_for_torch_and_openvino(tiny_onnx, tmp_path):
+    def scores(*extra):
+        r = run("predict", tiny_onnx.path, "a fine film", "dull", "--backend", "torch", *extra, "--json")
+        assert r.exit_code == 0, r.output
+        return [row["scores"] for row in json.loads(r.stdout)]
+
+    assert scores("--dtype", "bfloat16") != scores()  # bfloat16 weights move the probabilities a little
+    one_line_error(run("predict", tiny_onnx.path, "a fine film", "--backend", "onnxruntime", "--dtype", "float16"),
+                   "dtype and cuda_graphs are options of the torch backend; add --backend torch")
+    from tests.conftest import sentiment_rows, write_csv
+
+    data = write_csv(tmp_path / "d.csv", sentiment_rows(6))
+    r = run("eval", tiny_onnx.path, "--data", data, "--backend", "torch", "--dtype", "bfloat16", "--json")
+    assert r.exit_code == 0, r.output
+    assert "bfloat16" in json.loads(r.stdout)["backend"]
+    one_line_error(run("eval", tiny_onnx.path, "--data", data, "--dtype", "float16"), "add --backend torch")
