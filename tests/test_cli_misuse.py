@@ -224,3 +224,34 @@ def test_predict_and_eval_take_dtype_for_torch_and_openvino(tiny_onnx, tmp_path)
     assert r.exit_code == 0, r.output
     assert "bfloat16" in json.loads(r.stdout)["backend"]
     one_line_error(run("eval", tiny_onnx.path, "--data", data, "--dtype", "float16"), "add --backend torch")
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    from tests.test_vision import build_hf_vision
+
+    return build_hf_vision(tmp_path_factory.mktemp("vit") / "vit", "vit")
+
+
+def test_prune_refuses_options_its_kind_ignores(tiny_bert, tiny_vit, tmp_path):
+    out = ["-o", tmp_path / "p"]
+    structured_only = "it is an option of structured pruning (--heads/--ffn/--layers)"
+    for source in (tiny_bert, tiny_vit):
+        for args in (["--recover-steps", "10"], ["--recover-lr", "1e-4"], ["--distill"], ["--eval-every", "5"]):
+            one_line_error(run("prune", source, *out, "--sparsity", "0.5", *args),
+                           f"{args[0]} is not used by unstructured pruning (--sparsity); {structured_only}")
+    one_line_error(run("prune", tiny_bert, *out, "--pattern", "2:4", "--data", "movie-snippets:train"),
+                   f"--data is not used by 2:4 pruning (--pattern 2:4); {structured_only}")
+    one_line_error(run("prune", tiny_bert, *out, "--heads", "0.5", "--scope", "layer"),
+                   "--scope is not used by structured pruning (--heads/--ffn/--layers); it is an option of "
+                   "unstructured pruning (--sparsity)")
+    one_line_error(run("prune", tiny_vit, *out, "--heads", "0.5", "--recover-lr", "1e-4"),
+                   "--recover-lr: recovery after pruning is implemented for text encoders; recover a pruned ViT "
+                   "with kiln finetune on its output")
+    assert not (tmp_path / "p").exists()
+
+
+def test_prune_options_left_at_their_defaults_pass(tiny_bert, tmp_path):
+    r = run("prune", tiny_bert, "-o", tmp_path / "p", "--sparsity", "0.5", "--scope", "layer", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["lineage"][-1]["config"]["recover_steps"] == 0
