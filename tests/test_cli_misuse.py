@@ -255,3 +255,20 @@ def test_prune_options_left_at_their_defaults_pass(tiny_bert, tmp_path):
     r = run("prune", tiny_bert, "-o", tmp_path / "p", "--sparsity", "0.5", "--scope", "layer", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["lineage"][-1]["config"]["recover_steps"] == 0
+
+
+def test_a_suite_artifact_that_is_missing_names_the_variable_to_set(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere"
+    monkeypatch.setenv("KILN_FT_ONNX", str(missing))
+    r = run("bench", "--suite", "release", "-o", tmp_path / "out")
+    one_line_error(r, f"suite release, candidate fp32: artifact {missing} does not exist (KILN_FT_ONNX={missing}); "
+                      "point KILN_FT_ONNX at the artifact")
+    suite = tmp_path / "s.toml"
+    sweep = "[sweep]\nbatch_sizes = [1]\n"
+    suite.write_text('[[candidate]]\nartifact = "${KILN_TEST_ART:-benchmarks/work/not-here}"\nlabel = "a"\n' + sweep)
+    monkeypatch.delenv("KILN_TEST_ART", raising=False)
+    one_line_error(run("bench", "--suite", suite), "suite s, candidate a: artifact ")
+    one_line_error(run("bench", "--suite", suite), "benchmarks/work/not-here does not exist; set KILN_TEST_ART to its "
+                                                   "path (the suite reads ${KILN_TEST_ART:-benchmarks/work/not-here})")
+    suite.write_text(f'[[candidate]]\nartifact = "{missing}"\n' + sweep)
+    one_line_error(run("bench", "--suite", suite), f"artifact {missing} does not exist; edit {suite}")

@@ -84,7 +84,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
     from benchmarks.harness import BenchPlan, DataConfig, SweepConfig, run_bench
     from benchmarks.harness.render import markdown as render_md
     from benchmarks.harness.run import backend_names, default_candidates
-    from benchmarks.harness.suites import load_suite
+    from benchmarks.harness.suites import check_paths, load_suite
     from runtime.backends.options import torch_only
 
     name = "bench"
@@ -95,6 +95,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         if artifacts:
             raise ConfigError("give either --suite or ARTIFACTS, not both (a suite names its own artifacts)")
         plan, settings = load_suite(suite)
+        check_paths(settings)  # a missing artifact names the KILN_* variable the suite reads for it
         out, name = out or settings["out"], settings["name"]
         max_latency_regression = max_latency_regression or settings["gate"].get("max_latency_regression")
         if max_accuracy_drop is None:
