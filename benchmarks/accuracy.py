@@ -13,9 +13,11 @@ __all__ = ["classification_metrics", "evaluate_artifact", "measure_accuracy"]
 
 
 def evaluate_artifact(artifact: Any, data: Any, backend: str = "auto", device: str = "cpu", batch_size: int = 64,
-                      text_column: str = "text", label_column: str = "label") -> dict[str, Any]:
+                      text_column: str = "text", label_column: str = "label",
+                      options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Accuracy, macro-F1 and confusion of `artifact` (a path or Artifact) on labelled `data` (a dataset name,
-    file or image folder, read the way the artifact's family reads it), plus the backend that ran it."""
+    file or image folder, read the way the artifact's family reads it), plus the backend that ran it.
+    `options`: the backend's session options (e.g. {"dtype": "bfloat16"})."""
     from calibration.sources import labelled_for
     from runtime.artifact import Artifact
     from runtime.pipeline import pipeline_for
@@ -23,7 +25,7 @@ def evaluate_artifact(artifact: Any, data: Any, backend: str = "auto", device: s
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
     names = [art.labels[i] for i in sorted(art.labels)]
     labelled = labelled_for(art.task, data, text_column, label_column, names)  # before loading the model
-    with pipeline_for(art, backend=backend, device=device, batch_size=batch_size) as clf:
+    with pipeline_for(art, backend=backend, device=device, batch_size=batch_size, **(options or {})) as clf:
         result = measure_accuracy(clf, labelled)
         result["backend"] = clf.session.describe()
     return result

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from runtime.errors import DataError
+from runtime.errors import ColumnError, DataError
 
 SUFFIXES = (".csv", ".tsv", ".jsonl")
 
@@ -99,7 +99,8 @@ def read_rows(path: Path, text_column: str, label_column: str | None) -> list[tu
                 raise DataError(f"{path}, line {n}: expected a JSON object with {' and '.join(map(repr, wanted))}")
             for col in wanted:
                 if col not in obj:
-                    raise DataError(f"{path}, line {n}: no field {col!r}; it has {sorted(obj)}")
+                    raise ColumnError(f"{path}, line {n}: no field {col!r}; it has {sorted(obj)}",
+                                      "text" if col == text_column else "label", col)
             rows.append((n, obj[text_column], obj[label_column] if label_column else None))
         return rows
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
@@ -107,8 +108,9 @@ def read_rows(path: Path, text_column: str, label_column: str | None) -> list[tu
         columns = reader.fieldnames or []
         for col in wanted:
             if col not in columns:
-                raise DataError(f"{path} has no column {col!r}; its columns are {columns} "
-                                f"(choose with --text-column / --label-column)")
+                # which option chooses the column depends on the command: the CLI adds it (cli/group.py)
+                raise ColumnError(f"{path} has no column {col!r}; its columns are {columns}",
+                                  "text" if col == text_column else "label", col)
         for record in reader:
             rows.append((reader.line_num, record.get(text_column), record.get(label_column) if label_column else None))
     except csv.Error as e:

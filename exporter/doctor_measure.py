@@ -17,7 +17,8 @@ from runtime.artifact import Artifact
 from runtime.errors import ConfigError, KilnError
 from runtime.session import Session, open_session
 
-# (batch, tokens): one short sentence alone, and a full batch
+# (batch, size): one input alone, and a full batch; size is the family's variable extent (tokens for text: a
+# short sentence, a long one); families with a fixed input shape (images) ignore it
 SHAPES = ((1, 32), (32, 128))
 
 
@@ -58,28 +59,32 @@ def measure(paths: list[Path], capabilities: list[str] | None, iters: int = 10,
     skipped: list[str] = []
     with contextlib.ExitStack() as stack:
         runs: dict[tuple[str, int, int], tuple[Session, Any]] = {}
+        shape_text: dict[tuple[str, int, int], str] = {}  # in the artifact's family's words (tokens, images)
         for cand in [c for a in arts for c in candidates(a, capabilities)]:
             try:
                 session = stack.enter_context(open_session(cand.artifact, backend=cand.backend, **cand.options))
             except KilnError as e:  # e.g. OpenVINO cannot read onnxruntime's fused int8 ops: say so, go on
                 skipped.append(f"{cand.label}: {e}")
                 continue
-            for batch, tokens in SHAPES:
-                runs[(cand.label, batch, tokens)] = (session, example_feed(session, batch, tokens))
+            for batch, size in SHAPES:
+                feed = example_feed(session, batch, size)
+                runs[(cand.label, batch, size)] = (session, feed)
+                shape_text[(cand.label, batch, size)] = cand.artifact.family.batch_text(batch, feed)
         if not runs:
             raise ConfigError("nothing could run the given artifact(s) here: " + "; ".join(skipped))
-        progress(f"measuring {len(runs) // len(SHAPES)} backend/precision paths at {SHAPES} (a few seconds each)")
+        progress(f"measuring {len(runs) // len(SHAPES)} backend/precision paths at "
+                 f"{', '.join(dict.fromkeys(shape_text.values()))} (a few seconds each)")
         results = measure_interleaved(runs, warmup=2, iters=iters, rounds=2)
-    for (label, batch, tokens), r in results.items():
-        rows.append({"path": label, "batch": batch, "tokens": tokens, "p50_ms": r.p50_ms})
-    fastest = {f"{b} x {t}": min((r for r in rows if (r["batch"], r["tokens"]) == (b, t)), key=lambda r: r["p50_ms"])["path"]
-               for b, t in SHAPES}
+    for key, r in results.items():
+        rows.append({"path": key[0], "batch": key[1], "shape": shape_text[key], "p50_ms": r.p50_ms})
+    fastest = {shape: min((r for r in rows if r["shape"] == shape), key=lambda r: r["p50_ms"])["path"]
+               for shape in dict.fromkeys(r["shape"] for r in rows)}
     return {"results": rows, "fastest": fastest, "skipped": skipped,
             "note": "speed only: compare accuracy with kiln eval before switching precision (bf16, int8)"}
 
 
 def format_measure(report: dict[str, Any]) -> str:
-    lines = [f"{r['path']:<60} batch {r['batch']:>2} x {r['tokens']:<3} p50 {r['p50_ms']:9.2f} ms" for r in report["results"]]
+    lines = [f"{r['path']:<60} batch {r['shape']:<18} p50 {r['p50_ms']:9.2f} ms" for r in report["results"]]
     lines += [f"skipped: {s}" for s in report["skipped"]]
     lines += [f"fastest at {shape}: {path}" for shape, path in report["fastest"].items()]
     return "\n".join(lines + [report["note"]])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import shutil
 import time
 import warnings
@@ -89,6 +91,33 @@ def export_graph(model: Any, artifact: Artifact, path: Path, opset: int) -> None
                           dynamo=EXPORTER_DYNAMO, do_constant_folding=True)
 
 
+@contextlib.contextmanager
+def transformers_log_level() -> Iterator[None]:
+    """onnxruntime.transformers puts its own folder on sys.path, so its modules log under bare names
+    (`fusion_embedlayer`), outside the `onnxruntime.transformers` logger: a level set on that logger (`kiln -q`,
+    exporter/cli/common.py) is applied to them for the duration."""
+    import os
+    import sys
+
+    import onnxruntime.transformers as package
+
+    level = logging.getLogger("onnxruntime.transformers").level
+    if not level:  # nobody asked: the root logger's level, as usual
+        yield
+        return
+    where = os.path.dirname(os.path.abspath(package.__file__))
+    loggers = [logging.getLogger(name) for name, module in list(sys.modules.items())
+               if os.path.dirname(os.path.abspath(getattr(module, "__file__", None) or "/")) == where]
+    before = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, old in before:
+            lg.setLevel(old)
+
+
 def fuse_graph(path: Path, meta: dict[str, Any]) -> dict[str, int]:
     """onnxruntime's transformer optimizer, offline (opt_level 1 keeps the graph provider-neutral)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -102,9 +131,15 @@ def fuse_graph(path: Path, meta: dict[str, Any]) -> dict[str, int]:
         # Attention fusion takes one head count for every layer; a structurally pruned model has
         # its own per layer, and a fused graph would be silently wrong (validation caught exactly this).
         options.enable_attention = False
-    opt = optimize_model(str(path), model_type=arch_type, num_heads=int(meta.get("num_heads", 0)),
-                         hidden_size=int(meta.get("hidden_size", 0)), opt_level=1, optimization_options=options)
-    opt.save_model_to_file(str(path))
+    # the optimizer print()s some notes ("Removed N initializers ..."): stdout is for results (--json), so they
+    # go to its logger instead, like its other warnings (shown on stderr; `kiln -q` silences that logger)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), transformers_log_level():
+        opt = optimize_model(str(path), model_type=arch_type, num_heads=int(meta.get("num_heads", 0)),
+                             hidden_size=int(meta.get("hidden_size", 0)), opt_level=1, optimization_options=options)
+        opt.save_model_to_file(str(path))
+    for line in filter(str.strip, printed.getvalue().splitlines()):
+        logging.getLogger("onnxruntime.transformers.optimizer").warning(line)
     return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 
 

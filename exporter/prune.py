@@ -39,6 +39,31 @@ def kind_of(layers: int = 0, heads: float = 0.0, ffn: float = 0.0, sparsity: flo
     return chosen[0]
 
 
+# the CLI flags that ask for each kind, and the kinds that use each `kiln prune` setting (by parameter name; the
+# others apply to every kind). A setting given for a kind that ignores it is refused: silently ignored, it
+# reads as applied (unstructured and 2:4 zero weights in place: no data, no recovery)
+KIND_FLAGS = {"structured": "--heads/--ffn/--layers", "unstructured": "--sparsity", "2:4": "--pattern 2:4"}
+_STRUCTURED = ("structured",)
+USED_BY: dict[str, tuple[str, ...]] = {
+    "data": _STRUCTURED, "samples": _STRUCTURED, "recover_steps": _STRUCTURED, "recover_lr": _STRUCTURED,
+    "eval_every": _STRUCTURED, "distill": _STRUCTURED, "scope": ("unstructured",),
+}
+RECOVERY = ("recover_steps", "recover_lr", "eval_every", "distill")
+
+
+def check_options_for(kind: str, given: dict[str, str], family: str) -> None:
+    """Refuse a setting that pruning of `kind` (on a model of `family`) would ignore. `given`: the settings
+    the user set, name -> the spelling to name it by; defaults are not given."""
+    for name, spelling in given.items():
+        users = USED_BY.get(name, (kind,))
+        if kind not in users:
+            raise ConfigError(f"{spelling} is not used by {kind} pruning ({KIND_FLAGS[kind]}); it is an option of "
+                              + " or ".join(f"{k} pruning ({KIND_FLAGS[k]})" for k in users))
+        if family == "vision" and name in RECOVERY:
+            raise ConfigError(f"{spelling}: recovery after pruning is implemented for text encoders; recover a "
+                              "pruned ViT with kiln finetune on its output")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     kind: str = "structured"

@@ -35,6 +35,32 @@ CALIBRATION_CACHE = "calibration_cache.json"
 # QDQ around these; fused contrib ops (Attention) stay float in QDQ graphs. Conv/Gemm: vision models
 STATIC_OPS = ("MatMul", "Gather", "Conv", "Gemm")
 
+# The methods that use each `kiln quantize` setting (by parameter name; settings every method uses are not
+# listed). A setting given for a method that ignores it is refused: silently ignored, it reads as applied.
+# fp16 takes the op-type and node settings because its --report and accuracy guard pick nodes by them.
+_ORT_INT8 = ("dynamic-int8", "static-int8")
+_ORT = (*_ORT_INT8, "fp16")
+_STATIC, _NNCF = ("static-int8",), ("nncf-int8",)
+USED_BY: dict[str, tuple[str, ...]] = {
+    "optimize": _ORT, "per_channel": _ORT_INT8, "reduce_range": _ORT_INT8, "weight_type": _ORT_INT8,
+    "op_types": _ORT, "exclude_op_types": _ORT, "exclude_nodes": _ORT, "report": _ORT,
+    "calib_data": ("static-int8", "nncf-int8"), "calib_samples": ("static-int8", "nncf-int8"),
+    "calib_cache": _STATIC, "calibrator": _STATIC, "percentile": _STATIC, "activation_type": _STATIC,
+    "target": _NNCF, "preset": _NNCF, "subset_size": _NNCF, "calib_pad_length": _NNCF, "smooth_quant_alpha": _NNCF,
+}
+
+
+def check_options_for(method: str, given: dict[str, str], calibrator: str) -> None:
+    """Refuse a setting `method` would ignore. `given`: the settings the user set, name -> the spelling to
+    name it by (e.g. {"per_channel": "--per-tensor"}); defaults are not given."""
+    for name, spelling in given.items():
+        users = USED_BY.get(name, (method,))
+        if method not in users:
+            raise ConfigError(f"{spelling} is not used by --method {method}; it is an option of --method "
+                              f"{' or '.join(users)}")
+    if "percentile" in given and calibrator != "percentile":
+        raise ConfigError(f"{given['percentile']} is used by --calibrator percentile only, got --calibrator {calibrator}")
+
 
 @dataclass(frozen=True)
 class QuantConfig:

@@ -45,6 +45,15 @@ class DataError(KilnError):
     """A dataset file is unreadable or malformed."""
 
 
+class ColumnError(DataError):
+    """A data file lacks a column (a JSONL field) a reader needs. `role` ("text" or "label") lets the CLI
+    name the option of the command at hand that chooses that column, if it has one."""
+
+    def __init__(self, message: str, role: str, column: str) -> None:
+        super().__init__(message)
+        self.role, self.column = role, column
+
+
 class OverloadError(KilnError):
     """The inference queue is full; the caller should retry later."""
 

@@ -53,7 +53,7 @@ def test_measure_picks_the_fastest_per_shape(tiny_onnx):
     report = measure([tiny_onnx.path], openvino_capabilities(), iters=2)
     paths = {r["path"] for r in report["results"]}
     assert any("onnxruntime" in p for p in paths) and any("openvino" in p for p in paths)
-    assert set(report["fastest"]) == {f"{b} x {t}" for b, t in SHAPES} and all(v in paths for v in report["fastest"].values())
+    assert set(report["fastest"]) == {f"{b} x {t} tokens" for b, t in SHAPES} and all(v in paths for v in report["fastest"].values())
 
 
 def test_measure_refuses_what_it_cannot_time(tiny_bert):

@@ -28,9 +28,9 @@ def tiny_report(tiny_onnx, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     data = write_csv(tmp / "d.csv", sentiment_rows(12))
     r = run("bench", tiny_onnx.path, "--data", data, "--rounds", "2", "--batch-sizes", "2", "--seq-len", "8",
-            "--iters", "2", "--warmup", "1", "-o", tmp)
+            "--iters", "2", "--warmup", "1", "-o", tmp / "out")  # not tmp: it holds d.csv (-o wants an empty folder)
     assert r.exit_code == 0, r.output
-    return json.loads((tmp / "bench.json").read_text())
+    return json.loads((tmp / "out" / "bench.json").read_text())
 
 
 def write(path, report):

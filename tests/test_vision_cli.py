@@ -33,11 +33,11 @@ def test_predict_eval_quantize_bench(cnn_onnx, shapes_folder, tmp_path):  # noqa
 def test_image_cli_errors_are_one_line(cnn_onnx, tiny_onnx, shapes_folder, tmp_path):  # noqa: F811
     (tmp_path / "empty").mkdir()
     one_line_error(run("eval", cnn_onnx.path, "--data", tmp_path / "empty"), "has no images")
-    one_line_error(run("eval", cnn_onnx.path, "--data", "movie-snippets:test"), "is not a folder")  # image model, text data
+    one_line_error(run("eval", cnn_onnx.path, "--data", "movie-snippets:test"), "is a text dataset, but the artifact is an image-classification model")
     one_line_error(run("predict", cnn_onnx.path, "the movie was good"), "does not exist")
     png = sorted(shapes_folder.rglob("*.png"))[0]
     one_line_error(run("predict", tiny_onnx.path, png), "is an image, but this is a text-classification model")
-    one_line_error(run("eval", tiny_onnx.path, "--data", shapes_folder), "is a folder of images")
+    one_line_error(run("eval", tiny_onnx.path, "--data", shapes_folder), "is a folder (image data), but the artifact is a text-classification model")
     other = tmp_path / "other" / "triangle"
     other.mkdir(parents=True)
     (other / "t.png").write_bytes(png.read_bytes())

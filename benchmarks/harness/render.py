@@ -208,21 +208,69 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"-o {out}: {parent} is not a folder this user can write; give another -o")
 
 
+# an unstamped staging folder (`.kiln-tmp-*`, written by Kiln before its names said their owner) lives only
+# while a report's files are written (seconds): one untouched this long was left by a killed run
+UNSTAMPED_STALE_SECONDS = 300
+
+
+def report_files(name: str) -> tuple[str, ...]:
+    """Every file a report named `name` can write (write_outputs, render)."""
+    return (f"{name}.json", f"{name}.md", f"{name}-latency.png", f"{name}-pareto.png")
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging folders in `out` that a run killed while writing its report left: stamped ones whose
+    owner process (on this host) is gone, unstamped ones untouched for UNSTAMPED_STALE_SECONDS."""
+    import shutil
+    import time
+
+    from exporter.staging import remove_stale  # the stages' owner-stamped staging names (stdlib only)
+
+    removed = remove_stale(out) if out.is_dir() else []
+    for entry in out.glob(".kiln-tmp-*"):
+        try:
+            stale = entry.is_dir() and not entry.is_symlink() and \
+                time.time() - entry.stat().st_mtime > UNSTAMPED_STALE_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def prepare_out_dir(out: Path, force: bool) -> None:
+    """`kiln bench -o`: a writable folder, stale staging folders removed, and one already holding files only
+    with --force (two runs' files would mix) -- said before minutes of measuring."""
+    check_out_dir(out)
+    remove_stale_staging(out)
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not force:
+        shown = ", ".join(held[:5]) + (f" (+{len(held) - 5} more)" if len(held) > 5 else "")
+        raise ConfigError(f"-o {out} already holds files ({shown}); pass --force to write this report there "
+                          "(its files of the same report name are replaced), or give an empty folder")
+
+
 def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
     """NAME.json (the report), NAME.md and the plots in `out`, each file whole: written in a staging folder
-    inside `out` and renamed into place, so a reader (or a second run writing the same -o) never sees half a file."""
+    inside `out` and renamed into place, so a reader (or a second run writing the same -o) never sees half a file.
+    An earlier report's file of the same name that this one does not write (a plot) is removed: no mixing."""
     import json
     import os
     import shutil
-    import tempfile
+
+    from exporter.staging import make_staging_dir
 
     out.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=".kiln-tmp-", dir=out))
+    # owner-stamped (.NAME.kiln-tmp-HOST-PID-...): a later run removes it if this process is killed here
+    staged = make_staging_dir(out / name)
     try:
         (staged / f"{name}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
         files = [staged / f"{name}.json", *render(report, staged, name)]
         for f in files:
             os.replace(f, out / f.name)
+        for old in set(report_files(name)) - {f.name for f in files}:
+            (out / old).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return [out / f.name for f in files]

@@ -81,6 +81,22 @@ def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -
     return validate(report)
 
 
+def backend_names(value: str) -> list[str]:
+    """`kiln bench --backend a,b` -> [a, b], each checked before any session opens (an empty list is not 'no
+    artifact': it names no backend)."""
+    from runtime.session import BACKENDS
+
+    valid = ("auto", *BACKENDS)
+    hint = f"valid (comma-separated): {', '.join(valid)}"
+    names = [b.strip() for b in value.split(",") if b.strip()]
+    if not names:
+        raise ConfigError(f"--backend {value!r} names no backend; {hint}")
+    for name in names:
+        if name not in valid:
+            raise ConfigError(f"--backend: unknown backend {name!r}; {hint}")
+    return names
+
+
 def default_candidates(artifacts: Sequence[str], backends: Sequence[str], device: str,
                        options: dict[str, Any], torch_options: dict[str, Any]) -> tuple[Candidate, ...]:
     """Every artifact on every backend (torch options reach only the torch backend; --dtype also openvino)."""

@@ -105,6 +105,7 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"suite {path} does not parse: {e}") from None
+    written = raw  # before ${VAR} expansion: a missing path's error names the variable it came from
     raw = expand(raw)
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
@@ -152,9 +153,29 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
             PREPARE[key](rooted(folder))
     plan = BenchPlan(tuple(cands), sweep, data, tuple(peers), title=raw.get("title", path.stem),
                      extra={"suite": path.stem})
+    paths = [(f"candidate {c.label}", "artifact", c.artifact, written["candidate"][i]["artifact"])
+             for i, c in enumerate(cands)]
+    paths += [(f"peer {p.label}", "model", p.model, written["peer"][i].get("model", "")) for i, p in enumerate(peers)]
     settings = {"out": rooted(raw.get("out", f"benchmarks/work/bench/{path.stem}")), "gate": gate,
-                "name": path.stem}
+                "name": path.stem, "path": path, "paths": paths}
     return plan, settings
 
 
-__all__ = ["load_suite", "suite_path", "SUITES", "expand"]
+def check_paths(settings: dict[str, Any]) -> None:
+    """Before measuring: every artifact and peer model the suite names exists; a missing one says how to
+    point the suite elsewhere (the ${VAR} it reads, or the suite file). Not in load_suite: a suite parses on a
+    machine without its artifacts."""
+    for what, kind, where, written in settings["paths"]:
+        if Path(where).exists():
+            continue
+        said = f"suite {settings['name']}, {what}: {kind} {where} does not exist"
+        var = VAR.search(str(written))
+        if var is None:
+            raise ConfigError(f"{said}; edit {settings['path']} (or make the {kind} there)")
+        name = var.group(1)
+        if name in os.environ:
+            raise ConfigError(f"{said} ({name}={os.environ[name]}); point {name} at the {kind}")
+        raise ConfigError(f"{said}; set {name} to its path (the suite reads {written})")
+
+
+__all__ = ["load_suite", "check_paths", "suite_path", "SUITES", "expand"]

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from exporter.cli.common import (
-    cuda_graphs_option, device_option, dtype_option, emit, example, int_list, json_option, progress,
+    cuda_graphs_option, device_option, dtype_option, emit, example, force_option, int_list, json_option, progress,
 )
 from runtime.errors import ConfigError
 
@@ -74,16 +74,17 @@ def gate(report: dict[str, Any], baseline: dict[str, Any], where: Path, budget: 
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path),
               help="Write NAME.json, NAME.md and plots here.")
 @click.option("--markdown", is_flag=True, help="Print Markdown tables.")
+@force_option
 @json_option
 def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | None, seq_lens: str | None, backend: str,
           device: str, warmup: int, iters: int, rounds: int, threads: int, dtype: str | None, cuda_graphs: bool,
           data: str | None, data_batch_size: int, baseline: Path | None, max_latency_regression: str | None,
-          max_accuracy_drop: float | None, out: Path | None, markdown: bool, as_json: bool) -> None:
+          max_accuracy_drop: float | None, out: Path | None, markdown: bool, force: bool, as_json: bool) -> None:
     """Benchmark ARTIFACTS side by side: latency sweeps and/or end to end on labelled data, interleaved rounds."""
     from benchmarks.harness import BenchPlan, DataConfig, SweepConfig, run_bench
     from benchmarks.harness.render import markdown as render_md
-    from benchmarks.harness.run import default_candidates
-    from benchmarks.harness.suites import load_suite
+    from benchmarks.harness.run import backend_names, default_candidates
+    from benchmarks.harness.suites import check_paths, load_suite
     from runtime.backends.options import torch_only
 
     name = "bench"
@@ -94,6 +95,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         if artifacts:
             raise ConfigError("give either --suite or ARTIFACTS, not both (a suite names its own artifacts)")
         plan, settings = load_suite(suite)
+        check_paths(settings)  # a missing artifact names the KILN_* variable the suite reads for it
         out, name = out or settings["out"], settings["name"]
         max_latency_regression = max_latency_regression or settings["gate"].get("max_latency_regression")
         if max_accuracy_drop is None:
@@ -101,7 +103,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
     else:
         if not artifacts:
             raise ConfigError("name at least one ARTIFACT, or --suite NAME")
-        names = [b.strip() for b in backend.split(",") if b.strip()]
+        names = backend_names(backend)
         cands = default_candidates([str(a) for a in artifacts], names, device,
                                    {"threads": threads} if threads else {}, torch_only(names, device, dtype, cuda_graphs))
         sweep = None
@@ -114,10 +116,10 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         data_cfg = DataConfig(data, data_batch_size, min(warmup, 1), rounds) if data else None
         plan = BenchPlan(cands, sweep, data_cfg)
     if out:
-        from benchmarks.harness.render import check_out_dir, check_plotting
+        from benchmarks.harness.render import check_plotting, prepare_out_dir
 
         check_plotting()
-        check_out_dir(Path(out))
+        prepare_out_dir(Path(out), force)
     base_report = budget = None
     if baseline:  # read and check the baseline and budgets before spending minutes measuring
         from benchmarks.harness.gate import Budget, parse_percent

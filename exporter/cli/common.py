@@ -4,6 +4,7 @@ vocabulary (one spelling per idea across commands: --data, --eval-data, --calib-
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from runtime.session import BACKENDS, DEVICES
 
 # the one list of backends a command offers: runtime.session.BACKENDS (a new backend appears here by itself)
 BACKEND_CHOICES = ("auto", *BACKENDS)
+# loggers of libraries whose warnings `kiln -q` silences (errors still show)
+QUIETED_LOGGERS = ("onnxruntime.transformers",)
 
 
 def fail(message: str, code: int) -> None:
@@ -35,6 +38,10 @@ class Reporter:
 
     def reset(self, quiet: bool) -> None:
         self.quiet, self.bar_open, self.tickers = quiet, False, {}
+        # libraries' own notes (onnxruntime's fusion warnings) are progress-like chatter: -q silences them too;
+        # NOTSET hands the level back to the root logger for a later command in the same interpreter (tests)
+        for name in QUIETED_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.NOTSET)
 
     def __call__(self, message: str) -> None:
         if not self.quiet:
@@ -138,6 +145,20 @@ def calib_data_option(what: str) -> Callable[[Any], Any]:
 
 def data_options(f: Any) -> Any:
     return text_column_option(label_column_option(f))
+
+
+def given_options(ctx: click.Context) -> dict[str, str]:
+    """The options the user set (command line or environment), name -> the spelling to name it by in an error
+    (the flag of an on/off pair that was used); options left at their defaults are not in it."""
+    from click.core import ParameterSource
+
+    given = {}
+    for p in ctx.command.params:
+        if isinstance(p, click.Option) and ctx.get_parameter_source(p.name) in (  # type: ignore[arg-type]
+                ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            opts = p.secondary_opts if p.secondary_opts and ctx.params.get(p.name) is False else p.opts
+            given[str(p.name)] = max(opts, key=len)  # --per-tensor, --output (not -o)
+    return given
 
 
 def example(*lines: str) -> str:

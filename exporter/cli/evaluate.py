@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from exporter.cli.common import (
-    backend_option, batch_size_option, data_option, data_options, device_option, emit, example, json_option,
+    backend_option, batch_size_option, data_option, data_options, device_option, dtype_option, emit, example,
+    json_option,
 )
 from runtime.artifact import Artifact
 
@@ -31,12 +32,15 @@ def format_eval(r: dict[str, Any]) -> str:
 @data_options
 @backend_option
 @device_option
+@dtype_option
 @json_option
 def evaluate(artifact: Path, data: str, batch_size: int, text_column: str, label_column: str, backend: str,
-             device: str, as_json: bool) -> None:
+             device: str, dtype: str | None, as_json: bool) -> None:
     """Accuracy, macro-F1 and confusion matrix of a classifier artifact (hf via torch, onnx via onnxruntime)."""
     from benchmarks.accuracy import evaluate_artifact
+    from runtime.backends.options import session_dtype
 
+    options = session_dtype(backend, device, dtype)
     result = evaluate_artifact(Artifact.load(artifact), data, backend=backend, device=device, batch_size=batch_size,
-                               text_column=text_column, label_column=label_column)
+                               text_column=text_column, label_column=label_column, options=options)
     emit(result, as_json, lambda: format_eval(result))

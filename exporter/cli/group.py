@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from exporter.cli.common import fail, progress
-from runtime.errors import KilnError
+from runtime.errors import ColumnError, DataError, KilnError
 
 # workflow -> commands, in the order a user meets them; `kiln --help` prints one section per workflow
 SECTIONS = {
@@ -18,6 +18,19 @@ SECTIONS = {
     "Run it": ("predict", "serve", "loadtest"),
     "Release it": ("keygen", "sign", "verify"),
 }
+
+
+# the parameters that choose a data file's column, per role, across commands (predict --csv: --column)
+COLUMN_OPTIONS = {"text": ("text_column", "column"), "label": ("label_column",)}
+
+
+def column_hint(command: click.Command | None, e: ColumnError, group_path: str) -> str:
+    """How to point the command that failed at the right column: its own option, or that it has none."""
+    for p in command.params if command else ():
+        if isinstance(p, click.Option) and p.name in COLUMN_OPTIONS.get(e.role, ()):
+            return f"choose it with {max(p.opts, key=len)}"
+    name = f"{group_path} {command.name}" if command else group_path
+    return f"{name} has no option to choose it: rename the file's column to {e.column!r}"
 
 
 class KilnGroup(click.Group):
@@ -31,14 +44,33 @@ class KilnGroup(click.Group):
         except KilnError as e:
             fail(str(e), e.exit_code)
         except click.UsageError as e:
+            misplaced = self.misplaced_option(e)
             where = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-            fail(e.format_message() + where, 2)
+            fail(misplaced or e.format_message() + where, 2)
         except click.ClickException as e:
             fail(e.format_message(), e.exit_code)
         except (click.Abort, KeyboardInterrupt):
             fail("interrupted", 130)
         progress.end_bar()
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def misplaced_option(self, e: click.UsageError) -> str | None:
+        """`kiln bench ART --quiet`: an option of the group itself given after a command (click only says the
+        command has no such option)."""
+        if not isinstance(e, click.NoSuchOption) or e.ctx is None or e.ctx.command is self:
+            return None
+        for p in self.params:
+            if isinstance(p, click.Option) and e.option_name in p.opts and not p.hidden:
+                return (f"{e.option_name} is an option of {self.name} itself, not of {e.ctx.command_path}: put it before "
+                        f"the command ({self.name} {min(p.opts, key=len)} {e.ctx.info_name} ...)")
+        return None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ColumnError as e:  # the data layer cannot know which option this command has for the column
+            command = self.commands.get(ctx.invoked_subcommand or "")
+            raise DataError(f"{e} ({column_hint(command, e, ctx.command_path)})") from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         ordered = [name for names in SECTIONS.values() for name in names if name in self.commands]

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from exporter.cli.common import (
-    choice, data_option, data_options, emit, eval_data_option, example, force_option, json_option, output_option,
-    progress,
+    choice, data_option, data_options, emit, eval_data_option, example, force_option, given_options, json_option,
+    output_option, progress,
 )
 from exporter.cli.describe import describe
 from runtime.session import DEVICES
@@ -48,17 +48,20 @@ def prune(artifact: str, out: Path, layers: int, heads: float, ffn: float, spars
     """Make a classifier smaller: structured (--heads/--ffn/--layers), unstructured (--sparsity) or 2:4 (--pattern 2:4)."""
     from calibration.sources import labelled_for
     from exporter.load import load_checkpoint
-    from exporter.prune import PruneConfig, kind_of
+    from exporter.prune import PruneConfig, check_options_for, kind_of
     from exporter.prune import prune as run_prune
     from exporter.prune_vision import prune_task
     from exporter.stage import check_output
+    from runtime.tasks import family_for
 
-    config = PruneConfig(kind=kind_of(layers, heads, ffn, sparsity, pattern), layers=layers, heads=heads, ffn=ffn,
+    kind = kind_of(layers, heads, ffn, sparsity, pattern)
+    task = prune_task(artifact)  # a ViT prunes on images; a CNN is refused here, before loading
+    check_options_for(kind, given_options(click.get_current_context()), family_for(task).name)
+    config = PruneConfig(kind=kind, layers=layers, heads=heads, ffn=ffn,
                          sparsity=sparsity if sparsity is not None else 0.5, scope=scope, samples=samples,
                          recover_steps=recover_steps, recover_lr=recover_lr, recover_eval_every=eval_every,
                          distill=distill, seed=seed, device=device)
     check_output(out.absolute(), force)
-    task = prune_task(artifact)  # a ViT prunes on images; a CNN is refused here, before loading
     source = load_checkpoint(artifact, task)
     names = [source.labels[i] for i in sorted(source.labels)]
     train = labelled_for(task, data, text_column, label_column, names) if data else None

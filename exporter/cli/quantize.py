@@ -9,13 +9,12 @@ from typing import Any
 import click
 
 from exporter.cli.common import (
-    calib_data_option, choice, data_options, emit, eval_data_option, example, force_option, json_option,
-    output_option, progress,
+    calib_data_option, choice, data_options, emit, eval_data_option, example, force_option, given_options,
+    json_option, output_option, progress,
 )
 from exporter.cli.describe import describe
-from exporter.quantize import CALIBRATORS, METHODS, QUANT_TYPES
+from exporter.quantize import CALIBRATORS, METHODS, QUANT_TYPES, check_options_for
 from runtime.artifact import Artifact
-from runtime.errors import ConfigError
 
 
 def names(v: str) -> tuple[str, ...]:
@@ -98,8 +97,7 @@ def quantize(artifact: Path, method: str, out: Path, optimize: bool, per_channel
     from exporter.stage import check_output
 
     config: Any
-    if method != "nncf-int8" and (target != "tensorrt" or preset):
-        raise ConfigError(f"--target and --preset are options of --method nncf-int8, got --method {method}")
+    check_options_for(method, given_options(click.get_current_context()), calibrator)
     if method == "nncf-int8":
         from exporter.quantize_nncf import nncf_config_for
 

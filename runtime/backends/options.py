@@ -187,6 +187,12 @@ def torch_only(backends: Sequence[str], device: str, dtype: str | None = None, c
     return given
 
 
+def session_dtype(backend: str, device: str, dtype: str | None) -> dict[str, Any]:
+    """A one-backend command's --dtype (kiln predict, kiln eval), checked like kiln bench's: the session options
+    for `backend` ({} when no dtype was given)."""
+    return dtype_options(backend, torch_only([backend], device, dtype))
+
+
 def dtype_options(backend: str, torch_options: dict[str, Any]) -> dict[str, Any]:
     """The part of torch_only's result that `backend` takes (openvino: only dtype)."""
     if backend == "torch":

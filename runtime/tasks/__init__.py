@@ -28,7 +28,8 @@ Contract a family implements (numpy only at import; torch, tokenizers, Pillow in
 
 Optional overrides (defaults given): `output_specs(task, sizes)` (from `tasks`), `fusion_type(model_type)`
 (from `model_types`), `serves_inputs(names)` (False; lets readers given only specs find the family),
-`graph_safe_inputs(model, inputs)` (identity; torch inputs a CUDA graph can capture).
+`graph_safe_inputs(model, inputs)` (identity; torch inputs a CUDA graph can capture), `batch_text(batch, feed)`
+(`8 x 128 tokens`; a batch's shape in the family's words).
 
 Shared pieces: `ModelMeta` (artifact.model_meta; a family's own manifest keys live in `meta.extra`),
 `Prediction` / `predictions(logits, labels)` for classifiers, `runtime.tasks.metrics.measure_accuracy`
@@ -164,6 +165,10 @@ class Family(ABC):
         """The size of one item of a batch for a latency table's size column: tokens per row for text."""
         first = next(iter(feed.values()))
         return int(first.shape[1]) if first.ndim > 1 else 1
+
+    def batch_text(self, batch: int, feed: Feed) -> str:
+        """A batch's shape in the family's words, for humans (kiln doctor --measure): text's `8 x 128 tokens`."""
+        return f"{batch} x {self.item_size(feed)} tokens"
 
     def quantize_op_types(self, method: str) -> tuple[str, ...]:
         """The ONNX op types `kiln quantize` quantizes by default with `method` (transformer encoders':

@@ -63,6 +63,9 @@ class VisionFamily(Family):
         """'CxHxW' of one image (a latency table's image column; dimension 1 is channels, not a length)."""
         return "x".join(str(d) for d in next(iter(feed.values())).shape[1:])
 
+    def batch_text(self, batch: int, feed: Feed) -> str:
+        return f"{batch} image{'' if batch == 1 else 's'} of {self.item_size(feed)}"
+
     def serves_inputs(self, names: Sequence[str]) -> bool:
         return list(names) == [INPUT]
 
