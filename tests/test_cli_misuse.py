@@ -272,3 +272,15 @@ def test_a_suite_artifact_that_is_missing_names_the_variable_to_set(tmp_path, mo
                                                    "path (the suite reads ${KILN_TEST_ART:-benchmarks/work/not-here})")
     suite.write_text(f'[[candidate]]\nartifact = "{missing}"\n' + sweep)
     one_line_error(run("bench", "--suite", suite), f"artifact {missing} does not exist; edit {suite}")
+
+
+def test_a_suite_rerun_replaces_its_own_report_but_a_named_folder_needs_force(tiny_onnx, tmp_path):
+    suite = tmp_path / "mine.toml"
+    out = tmp_path / "suite-out"
+    suite.write_text(f'title = "t"\nout = "{out}"\n[[candidate]]\nartifact = "{tiny_onnx.path}"\n'
+                     "[sweep]\nbatch_sizes = [1]\nseq_lens = [8]\nwarmup = 0\nrounds = 1\nper_round = 1\n")
+    for _ in range(2):  # CI reruns a suite into its own folder
+        r = run("bench", "--suite", str(suite))
+        assert r.exit_code == 0, r.output
+    assert (out / "mine.json").exists()
+    one_line_error(run("bench", "--suite", str(suite), "-o", out), f"-o {out} already holds files")

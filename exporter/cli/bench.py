@@ -96,7 +96,9 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
             raise ConfigError("give either --suite or ARTIFACTS, not both (a suite names its own artifacts)")
         plan, settings = load_suite(suite)
         check_paths(settings)  # a missing artifact names the KILN_* variable the suite reads for it
-        out, name = out or settings["out"], settings["name"]
+        if out is None:  # the suite's own folder: a rerun replaces its report there (an -o you name needs --force)
+            out, force = settings["out"], True
+        name = settings["name"]
         max_latency_regression = max_latency_regression or settings["gate"].get("max_latency_regression")
         if max_accuracy_drop is None:
             max_accuracy_drop = settings["gate"].get("max_accuracy_drop")
