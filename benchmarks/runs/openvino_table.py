@@ -38,6 +38,7 @@ from exporter.quantize_nncf import NncfConfig
 from exporter.stage import quiet
 from runtime import Artifact, TextClassifier
 from runtime.artifact import hash_files
+from runtime.backends.options import OpenVinoOptions
 from runtime.cpu import cpu_info
 
 PEER_ORT = "peer: optimum onnxruntime O2 + avx512_vnni dynamic int8"
@@ -337,7 +338,8 @@ def main() -> None:
     kiln_int8 = [n for n, v in variants.items() if v.kiln and v.int8 and not v.pruned and not v.ablation]
     best = min(kiln_int8, key=lambda n: by[n]["32x128 median ms"])
     notes = [f"Batch 1: {len(b1_texts)} random test sentences, each alone (Kiln's OpenVINO paths pad it, masked, to a "
-             "multiple of 16 tokens and run a copy of the model compiled for that shape; the other rows run it unpadded, "
+             f"multiple of {OpenVinoOptions().static_multiple} tokens and run a copy of the model compiled for that "
+             "shape; the other rows run it unpadded, "
              "the optimum-intel rows on dynamic shapes as optimum-intel does); 32 x 128: full-length ids; "
              f"both interleaved over {args.rounds} rounds. End to end: {len(texts)} test sentences, median of "
              f"{args.e2e_rounds} passes; Kiln through TextClassifier (length-sorted batches of 32), peers through "
