@@ -73,11 +73,12 @@ def openvino_capabilities() -> list[str] | None:
 def recommend(info: Any, openvino_installed: bool, onnxruntime_installed: bool) -> str:
     """A backend and precision for this CPU without measuring (kiln doctor --measure ARTIFACT measures).
 
-    From benchmarks/results (MiniLM, 2 cores, AVX-512 VNNI): OpenVINO with NNCF int8 was the fastest at
-    32 x 128 and end to end; onnxruntime's dynamic int8 was a little faster one sentence at a time."""
+    From benchmarks/results/openvino.md (MiniLM, 2 cores, AVX-512 VNNI): OpenVINO with NNCF int8 was the
+    fastest at 32 x 128 and end to end, and with its static batch-1 copies as fast as onnxruntime's dynamic
+    int8 one sentence at a time (1.16x optimum's in one run, 0.98x in another)."""
     if info.int8_isa != "none" and openvino_installed:
-        return ("openvino + int8: kiln quantize --method nncf-int8 --target openvino (batched serving); for one "
-                "sentence at a time onnxruntime dynamic-int8 can be as fast: kiln doctor --measure ARTIFACT")
+        return ("openvino + int8: kiln quantize --method nncf-int8 --target openvino (batched and single "
+                "sentences); to compare on this machine: kiln doctor --measure ARTIFACT")
     if info.int8_isa != "none" and onnxruntime_installed:
         return "onnxruntime + dynamic-int8 (kiln quantize --method dynamic-int8); pip install 'modelkiln[openvino]' for the faster batched path"
     if info.bf16 and openvino_installed:
