@@ -64,6 +64,9 @@ class ServeConfig:
     device: str = "cpu"
     dtype: str = ""  # torch backend: float32, float16 or bfloat16 ("": float32)
     cuda_graphs: bool = False  # torch backend on cuda: one CUDA graph per (bucketed) input shape
+    # other backend options by name (runtime/backends/options.py), e.g. {"static_cache": 4} for openvino;
+    # checked by the backend's options class when the model opens (unknown names refused)
+    backend_options: tuple[tuple[str, Any], ...] = ()
     warmup: int = 3
     api_key: str = field(default="", repr=False)  # bearer token; "" = no authentication (loopback only, warned)
     public_metrics: bool = False  # with an api key: /metrics open too (for a scraper without the token)
@@ -247,6 +250,7 @@ class Service:
             options["dtype"] = c.dtype
         if c.cuda_graphs:
             options["cuda_graphs"] = True
+        options.update(dict(c.backend_options))
         if c.backend in ("auto", "onnxruntime") and art.format == "onnx":
             options["spinning"] = c.spinning
         elif not c.spinning:  # only onnxruntime's thread pool spins: say so rather than ignore the option

@@ -239,3 +239,43 @@ def test_text_padding_needs_a_mask():
 def test_static_shape_options_are_checked(key, value):
     with pytest.raises(ConfigError, match=f"{key} must be an integer >= "):
         OpenVinoOptions(**{key: value})
+
+
+@pytest.mark.parametrize("items, want", [
+    (("static_cache=4",), {"static_cache": 4}),
+    (("hint=throughput", "threads=2", "f=0.5", "spinning=False"),
+     {"hint": "throughput", "threads": 2, "f": 0.5, "spinning": False}),
+])
+def test_backend_option_values(items, want):
+    from exporter.cli.common import parse_backend_options
+
+    assert parse_backend_options(items) == want
+
+
+@pytest.mark.parametrize("item", ["static_cache", "=4", "static_cache="])
+def test_backend_option_needs_key_and_value(item):
+    from exporter.cli.common import parse_backend_options
+
+    with pytest.raises(ConfigError, match=f"--backend-option wants KEY=VALUE \\(e.g. static_cache=4\\), got '{item}'"):
+        parse_backend_options((item,))
+
+
+def test_backend_options_reach_bench_and_serve_and_are_checked(tiny_onnx, tmp_path):
+    """--backend-option gets to the options the other flags do not cover (the static copies' memory)."""
+    needs_openvino()
+    import json
+
+    from runtime.server import ServeConfig, Service
+
+    bench = ("bench", tiny_onnx.path, "--backend", "openvino", "--batch-sizes", "1", "--seq-len", "8", "--iters", "1",
+             "--warmup", "0", "--rounds", "1", "--json")
+    r = run(*bench, "--backend-option", "static_batch=0")
+    assert r.exit_code == 0, r.output
+    assert "static" not in json.loads(r.stdout)["results"][0]["backend"]
+    one_line_error(run(*bench, "--backend-option", "static_cach=2"), "unknown openvino option(s) static_cach; valid: threads")
+    one_line_error(run(*bench, "--backend-option", "static_cache=x"), "static_cache must be an integer >= 1, got 'x'")
+    one_line_error(run("bench", "--suite", "ci", "--backend-option", "threads=1"),
+                   "--backend-option applies to ARTIFACTS; a suite sets each candidate's options")
+    svc = Service(tiny_onnx.path, ServeConfig(backend="openvino", backend_options=(("static_batch", 0),)))
+    model = svc.load_model(tiny_onnx.path)
+    assert "static" not in model.clf.session.describe()

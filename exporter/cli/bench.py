@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from exporter.cli.common import (
-    cuda_graphs_option, device_option, dtype_option, emit, example, force_option, int_list, json_option, progress,
+    backend_option_option, cuda_graphs_option, device_option, dtype_option, emit, example, force_option, int_list,
+    json_option, parse_backend_options, progress,
 )
 from runtime.errors import ConfigError
 
@@ -63,6 +64,7 @@ def gate(report: dict[str, Any], baseline: dict[str, Any], where: Path, budget: 
               help="Interleave every configuration in this many rounds (fair under drift; spread = noise).")
 @click.option("--threads", default=0, show_default=True, type=int, help="Intra-op threads (0: the backend's default).")
 @dtype_option
+@backend_option_option
 @cuda_graphs_option
 @click.option("--data", help="Labelled data (a file or NAME:SPLIT, e.g. movie-snippets:test): classify all of it "
               "end to end per artifact; reports inputs/s, wall time, accuracy, macro-F1.")
@@ -78,6 +80,7 @@ def gate(report: dict[str, Any], baseline: dict[str, Any], where: Path, budget: 
 @json_option
 def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | None, seq_lens: str | None, backend: str,
           device: str, warmup: int, iters: int, rounds: int, threads: int, dtype: str | None, cuda_graphs: bool,
+          backend_options: tuple[str, ...],
           data: str | None, data_batch_size: int, baseline: Path | None, max_latency_regression: str | None,
           max_accuracy_drop: float | None, out: Path | None, markdown: bool, force: bool, as_json: bool) -> None:
     """Benchmark ARTIFACTS side by side: latency sweeps and/or end to end on labelled data, interleaved rounds."""
@@ -94,6 +97,9 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
     if suite:
         if artifacts:
             raise ConfigError("give either --suite or ARTIFACTS, not both (a suite names its own artifacts)")
+        if backend_options:
+            raise ConfigError("--backend-option applies to ARTIFACTS; a suite sets each candidate's options in its "
+                              "file (options = {static_cache = 4})")
         plan, settings = load_suite(suite)
         check_paths(settings)  # a missing artifact names the KILN_* variable the suite reads for it
         if out is None:  # the suite's own folder: a rerun replaces its report there (an -o you name needs --force)
@@ -106,8 +112,9 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         if not artifacts:
             raise ConfigError("name at least one ARTIFACT, or --suite NAME")
         names = backend_names(backend)
-        cands = default_candidates([str(a) for a in artifacts], names, device,
-                                   {"threads": threads} if threads else {}, torch_only(names, device, dtype, cuda_graphs))
+        options = ({"threads": threads} if threads else {}) | parse_backend_options(backend_options)
+        cands = default_candidates([str(a) for a in artifacts], names, device, options,
+                                   torch_only(names, device, dtype, cuda_graphs))
         sweep = None
         if batch_sizes or seq_lens or not data:
             if iters < 1:

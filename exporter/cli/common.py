@@ -143,6 +143,35 @@ def calib_data_option(what: str) -> Callable[[Any], Any]:
     return click.option("--calib-data", help=what)
 
 
+backend_option_option = click.option(
+    "--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
+    help="A backend option the other flags do not cover, repeatable, e.g. static_cache=4 for openvino "
+         "(names: runtime/backends/options.py; an unknown one is refused).")
+
+
+def parse_backend_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> a dict; values read as int, float, true/false, else text. Whether the backend
+    takes the key, and the value's type, are checked where the backend's options are built."""
+    from runtime.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ConfigError(f"--backend-option wants KEY=VALUE (e.g. static_cache=4), got {item!r}")
+        value: Any = text.strip()
+        for convert in (int, float):
+            try:
+                value = convert(value)
+                break
+            except ValueError:
+                pass
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        out[key.strip()] = value
+    return out
+
+
 def data_options(f: Any) -> Any:
     return text_column_option(label_column_option(f))
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from exporter.cli.common import (
-    backend_option, cuda_graphs_option, device_option, dtype_option, example, progress,
+    backend_option, backend_option_option, cuda_graphs_option, device_option, dtype_option, example,
+    parse_backend_options, progress,
 )
 from runtime.artifact import Artifact
 from runtime.errors import ConfigError
@@ -48,12 +49,13 @@ from runtime.errors import ConfigError
 @backend_option
 @device_option
 @dtype_option
+@backend_option_option
 @cuda_graphs_option
 def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_ms: float, max_queue: int, threads: int,
           spinning: bool, max_inputs: int, max_chars: int, max_body_bytes: int, timeout_s: float, body_timeout_s: float,
           max_connections: int, api_key_file: Path | None, public_metrics: bool, log_inputs: bool, access_log: bool,
           ssl_certfile: Path | None, ssl_keyfile: Path | None, signature_pub: Path | None, retry_load: bool,
-          backend: str, device: str, dtype: str | None, cuda_graphs: bool) -> None:
+          backend: str, device: str, dtype: str | None, cuda_graphs: bool, backend_options: tuple[str, ...]) -> None:
     """Serve a text or image classifier over HTTP: POST /v1/predict ({"inputs": [texts]}, or for images
     {"images": [base64]} or multipart/form-data), GET /healthz, /livez, /metrics, /openapi.json.
 
@@ -68,7 +70,8 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
                          max_queue=max_queue, threads=threads, spinning=spinning, max_inputs=max_inputs, max_chars=max_chars,
                          max_body_bytes=max_body_bytes, request_timeout_s=timeout_s, body_timeout_s=body_timeout_s,
                          max_connections=max_connections, backend=backend, device=device, dtype=dtype or "",
-                         cuda_graphs=cuda_graphs, api_key=read_api_key(api_key_file, os.environ.get("KILN_API_KEY")),
+                         cuda_graphs=cuda_graphs, backend_options=tuple(parse_backend_options(backend_options).items()),
+                         api_key=read_api_key(api_key_file, os.environ.get("KILN_API_KEY")),
                          public_metrics=public_metrics, log_inputs=log_inputs, retry_load=retry_load,
                          require_signature=str(signature_pub or ""), ssl_certfile=str(ssl_certfile or ""),
                          ssl_keyfile=str(ssl_keyfile or ""))
