@@ -46,9 +46,9 @@ KIND_FLAGS = {"structured": "--heads/--ffn/--layers", "unstructured": "--sparsit
 _STRUCTURED = ("structured",)
 USED_BY: dict[str, tuple[str, ...]] = {
     "data": _STRUCTURED, "samples": _STRUCTURED, "recover_steps": _STRUCTURED, "recover_lr": _STRUCTURED,
-    "eval_every": _STRUCTURED, "distill": _STRUCTURED, "scope": ("unstructured",),
+    "eval_every": _STRUCTURED, "distill": _STRUCTURED, "scope": ("unstructured",), "device": _STRUCTURED,
 }
-RECOVERY = ("recover_steps", "recover_lr", "eval_every", "distill")
+RECOVERY = ("recover_steps", "recover_lr", "eval_every", "distill", "device")  # --device moves the recovery
 
 
 def check_options_for(kind: str, given: dict[str, str], family: str) -> None:
@@ -109,6 +109,9 @@ class PruneConfig:
             raise ConfigError("--distill needs --recover-steps > 0")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; valid: {', '.join(DEVICES)}")
+        if self.device != "cpu" and self.kind != "structured":
+            raise ConfigError(f"--device {self.device} moves structured pruning's recovery fine-tuning; {self.kind} "
+                              "pruning trains nothing, so it runs where it is")
         if self.device != "cpu" and self.recover_steps == 0:
             raise ConfigError(f"--device {self.device} moves the recovery fine-tuning; it needs --recover-steps > 0")
 

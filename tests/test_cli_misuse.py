@@ -245,6 +245,12 @@ def test_prune_refuses_options_its_kind_ignores(tiny_bert, tiny_vit, tmp_path):
     one_line_error(run("prune", tiny_bert, *out, "--heads", "0.5", "--scope", "layer"),
                    "--scope is not used by structured pruning (--heads/--ffn/--layers); it is an option of "
                    "unstructured pruning (--sparsity)")
+    for args in (["--sparsity", "0.5"], ["--pattern", "2:4"]):  # --device moves the recovery, which these lack
+        kind = "unstructured pruning (--sparsity)" if args[0] == "--sparsity" else "2:4 pruning (--pattern 2:4)"
+        one_line_error(run("prune", tiny_bert, *out, *args, "--device", "cuda"),
+                       f"--device is not used by {kind}; {structured_only}")
+    one_line_error(run("prune", tiny_vit, *out, "--heads", "0.5", "--device", "cuda"),
+                   "--device: recovery after pruning is implemented for text encoders")
     one_line_error(run("prune", tiny_vit, *out, "--heads", "0.5", "--recover-lr", "1e-4"),
                    "--recover-lr: recovery after pruning is implemented for text encoders; recover a pruned ViT "
                    "with kiln finetune on its output")

@@ -186,6 +186,8 @@ def test_choose_removed_keeps_one_per_layer():
     ({"distill": True}, "--distill needs --recover-steps > 0"),
     ({"device": "tpu"}, "unknown device 'tpu'; valid: cpu, cuda"),
     ({"device": "cuda"}, "--device cuda moves the recovery fine-tuning; it needs --recover-steps > 0"),
+    ({"device": "cuda", "kind": "unstructured"}, "--device cuda moves structured pruning's recovery fine-tuning; "
+                                                 "unstructured pruning trains nothing"),
 ])
 def test_prune_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -279,3 +279,49 @@ def test_backend_options_reach_bench_and_serve_and_are_checked(tiny_onnx, tmp_pa
     svc = Service(tiny_onnx.path, ServeConfig(backend="openvino", backend_options=(("static_batch", 0),)))
     model = svc.load_model(tiny_onnx.path)
     assert "static" not in model.clf.session.describe()
+
+
+def test_a_bad_or_overlong_feed_does_not_turn_the_static_copies_off(tiny_onnx, monkeypatch):
+    """One feed beyond the artifact's max_length runs on the dynamic model (and is refused there if the
+    model cannot take it); a shape whose compile fails is served dynamically; other shapes keep their copies."""
+    needs_openvino()
+    from runtime.backends import ov as ov_backend
+
+    with open_session(tiny_onnx, backend="openvino") as s, open_session(tiny_onnx) as ort:
+        limit = s.artifact.model_meta.max_length
+        long_feed = {x.name: np.ones((1, limit + 1), np.int64) for x in tiny_onnx.inputs}
+        try:
+            s.run(long_feed)
+        except InputError as e:  # if the graph has fewer positions: one line that names the shape and the limit
+            assert f"input_ids 1x{limit + 1}" in str(e) and f"max_length is {limit}" in str(e)
+        assert not s._static  # beyond max_length: no copy
+        real = ov_backend.read_model
+        monkeypatch.setattr(ov_backend, "read_model", lambda *a: (_ for _ in ()).throw(RuntimeError("broken")))
+        three = {x.name: np.ones((1, 3), np.int64) for x in tiny_onnx.inputs}
+        np.testing.assert_allclose(s.run(three)["logits"], ort.run(three)["logits"], atol=1e-5)  # served dynamically
+        assert not s._static and len(s._failed) == 1
+        monkeypatch.setattr(ov_backend, "read_model", real)
+        nine = {x.name: np.ones((1, 9), np.int64) for x in tiny_onnx.inputs}
+        np.testing.assert_allclose(s.run(nine)["logits"], ort.run(nine)["logits"], atol=1e-5)
+        assert [dict(k)["input_ids"] for k in s._static] == [(1, 16)]  # copies still made for other shapes
+
+
+def test_images_run_on_the_dynamic_model_alone_and_batched(tmp_path):
+    """No static copies without a sequence axis: a single image and the same image in a batch get the same
+    answer (OpenVINO's static and dynamic compiles of an int8 ViT differed by up to 1.2 logits)."""
+    needs_openvino()
+    import torch
+
+    from exporter.module_export import to_onnx_module
+    from runtime.tasks.images import ImagePreprocessing
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    art = to_onnx_module(net.eval(), torch.zeros(2, 1, 8, 8), ImagePreprocessing(size=(8, 8), channels=1),
+                         ["a", "b", "c"], tmp_path / "cnn")
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    with open_session(art, backend="openvino") as s:
+        alone = s.run({"pixel_values": x[:1]})["logits"]
+        batched = s.run({"pixel_values": x})["logits"]
+        assert not s._static and "static" not in s.describe()
+    np.testing.assert_array_equal(alone[0], batched[0])

@@ -76,7 +76,7 @@ class OpenVinoSession(Session):
         self._dynamic = self._request_for(compiled)
         # static-shape copies: shapes -> (request, ports), the first static_cache shapes seen
         self._static: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
-        self._static_failed = False
+        self._failed: set[tuple[Any, ...]] = set()  # shapes whose static compile failed (served dynamically)
         # inputs and outputs whose axis 1 is the sequence (text): padded, and cut back after
         self._seq_inputs = [s.name for s in self.artifact.inputs if s.shape[1:2] == ("sequence",)]
         self._seq_outputs = {s.name for s in self.outputs if s.shape[1:2] == ("sequence",)}
@@ -107,39 +107,44 @@ class OpenVinoSession(Session):
     def _static_copy(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Any, dict[str, Any]] | None:
         """The model compiled for exactly these input shapes (None: it cannot be, or the copies are all made;
         the dynamic-shape model serves). Copies are never replaced: a client cycling through lengths could
-        otherwise make every request pay a compile (~0.5 s here) while holding the session."""
+        otherwise make every request pay a compile (~0.5 s here) while holding the session. A shape that
+        fails to compile is remembered and served dynamically; other shapes keep their copies."""
         key = tuple(sorted(shapes.items()))
         if key in self._static:
             return self._static[key]
-        if len(self._static) >= self.options.static_cache:
+        if len(self._static) >= self.options.static_cache or key in self._failed:
             return None
         try:
             model = read_model(self._core, self.artifact.model_file)
             model.reshape({name: list(shape) for name, shape in shapes.items()})
             entry = self._request_for(self._compile(model))
-        except Exception:  # a graph whose shapes cannot be fixed: stay on the dynamic model, same precision
-            self._static_failed = True
+        except Exception:  # this shape cannot be fixed: the dynamic model serves it (and says what is wrong)
+            if len(self._failed) < 64:
+                self._failed.add(key)
             return None
         self._static[key] = entry
         return entry
 
     def _plan(self, feed: dict[str, np.ndarray]) -> tuple[tuple[Any, dict[str, Any]], dict[str, np.ndarray], int | None]:
-        """(request and ports, the feed to give it, the real sequence length to cut outputs back to)."""
+        """(request and ports, the feed to give it, the real sequence length to cut outputs back to).
+
+        Only sequence models (text) get static copies: a feed of at most static_batch rows, within the
+        artifact's max_length, padded the family's way. Models without a sequence axis (images) always run
+        on the dynamic-shape model: OpenVINO's static and dynamic compiles of the int8 ViT differ by up to
+        1.2 logits, so copies for single images would make an answer depend on the batch it came in."""
         opts = self.options
         rows = next(iter(feed.values())).shape[0]
-        if not opts.static_batch or rows > opts.static_batch or self._static_failed:
+        if not opts.static_batch or rows > opts.static_batch or not self._seq_inputs:
             return self._dynamic, feed, None
-        real = None
-        if self._seq_inputs:
-            length = int(feed[self._seq_inputs[0]].shape[1])
-            padded_to = min(-(-length // opts.static_multiple) * opts.static_multiple, max(length, self._meta.max_length))
-            padded = self.artifact.family.pad_feed(feed, padded_to, self._meta) if padded_to != length else None
-            if padded is not None:
-                feed, real = padded, length
-        entry = self._static_copy({name: value.shape for name, value in feed.items()})
+        length = int(feed[self._seq_inputs[0]].shape[1])
+        if length > self._meta.max_length:
+            return self._dynamic, feed, None
+        padded_to = min(-(-length // opts.static_multiple) * opts.static_multiple, self._meta.max_length)
+        padded = self.artifact.family.pad_feed(feed, padded_to, self._meta) if padded_to != length else None
+        entry = self._static_copy({name: value.shape for name, value in (padded or feed).items()})
         if entry is None:
-            return self._dynamic, feed if real is None else {k: v[:, :real] for k, v in feed.items()}, None
-        return entry, feed, real
+            return self._dynamic, feed, None
+        return (entry, padded, length) if padded is not None else (entry, feed, None)
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -150,7 +155,10 @@ class OpenVinoSession(Session):
                 result = request.infer(feed, share_inputs=True)
                 out = {name: np.array(result[port]) for name, port in ports.items()}
         except Exception as e:
-            raise InputError(f"OpenVINO rejected the feed: {' '.join(str(e).split())[-300:]}") from None
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feed.items())
+            limit = f"; the artifact's max_length is {self._meta.max_length}" if self._seq_inputs else ""
+            raise InputError(f"OpenVINO rejected the feed ({shapes}{limit}): "
+                             f"{' '.join(str(e).split())[-200:]}") from None
         if real is not None:  # back to the caller's length: padding is not part of the answer
             out = {name: value[:, :real] if name in self._seq_outputs else value for name, value in out.items()}
         return out
@@ -158,6 +166,6 @@ class OpenVinoSession(Session):
     def describe(self) -> str:
         if self._opened:
             static = (f", static shapes for batches <= {self.options.static_batch}"
-                      if self.options.static_batch else "")
+                      if self.options.static_batch and self._seq_inputs else "")
             return f"openvino CPU ({self.options.dtype}, {self.options.hint}, {self._streams} stream(s){static})"
         return super().describe()
