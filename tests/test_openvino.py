@@ -325,3 +325,20 @@ def test_images_run_on_the_dynamic_model_alone_and_batched(tmp_path):
         batched = s.run({"pixel_values": x})["logits"]
         assert not s._static and "static" not in s.describe()
     np.testing.assert_array_equal(alone[0], batched[0])
+
+
+def test_dtype_with_the_default_backend_on_an_openvino_artifact(tiny_onnx, tmp_path):
+    """auto opens an OpenVINO IR on openvino, which takes --dtype: no --backend needed (it was refused)."""
+    needs_openvino()
+    import json
+
+    from exporter.openvino_convert import to_openvino
+    from tests.conftest import sentiment_rows, write_csv
+
+    to_openvino(tiny_onnx, tmp_path / "ir")
+    r = run("predict", tmp_path / "ir", "a fine film", "--dtype", "float32", "--json")
+    assert r.exit_code == 0, r.output
+    data = write_csv(tmp_path / "d.csv", sentiment_rows(8, seed=1))
+    r = run("eval", tmp_path / "ir", "--data", data, "--dtype", "float32", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["backend"].startswith("openvino CPU (float32")

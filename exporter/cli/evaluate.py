@@ -40,7 +40,8 @@ def evaluate(artifact: Path, data: str, batch_size: int, text_column: str, label
     from benchmarks.accuracy import evaluate_artifact
     from runtime.backends.options import session_dtype
 
-    options = session_dtype(backend, device, dtype)
-    result = evaluate_artifact(Artifact.load(artifact), data, backend=backend, device=device, batch_size=batch_size,
+    art = Artifact.load(artifact)
+    options = session_dtype(backend, device, dtype, art.format)
+    result = evaluate_artifact(art, data, backend=backend, device=device, batch_size=batch_size,
                                text_column=text_column, label_column=label_column, options=options)
     emit(result, as_json, lambda: format_eval(result))

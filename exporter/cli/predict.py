@@ -34,8 +34,8 @@ def predict(artifact: Path, texts: tuple[str, ...], file: Path | None, csv_path:
     from runtime.backends.options import session_dtype
     from runtime.pipeline import Embedder, pipeline_for
 
-    options = session_dtype(backend, device, dtype)
     art = Artifact.load(artifact)
+    options = session_dtype(backend, device, dtype, art.format)
     if art.family.name == "vision":
         if file or csv_path:
             raise ConfigError("an image classifier takes image files or folders as arguments, not --file/--csv")

@@ -188,9 +188,14 @@ def torch_only(backends: Sequence[str], device: str, dtype: str | None = None, c
     return given
 
 
-def session_dtype(backend: str, device: str, dtype: str | None) -> dict[str, Any]:
+def session_dtype(backend: str, device: str, dtype: str | None, artifact_format: str = "") -> dict[str, Any]:
     """A one-backend command's --dtype (kiln predict, kiln eval), checked like kiln bench's: the session options
-    for `backend` ({} when no dtype was given)."""
+    for `backend` ({} when no dtype was given). `auto` is the backend the artifact's format opens on (an
+    OpenVINO IR: openvino, an hf folder: torch), so --dtype needs no --backend there."""
+    if backend == "auto" and artifact_format:
+        from runtime.session import AUTO_BACKEND
+
+        backend = AUTO_BACKEND.get(artifact_format, backend)
     return dtype_options(backend, torch_only([backend], device, dtype))
 
 
