@@ -290,3 +290,30 @@ def test_a_suite_rerun_replaces_its_own_report_but_a_named_folder_needs_force(ti
         assert r.exit_code == 0, r.output
     assert (out / "mine.json").exists()
     one_line_error(run("bench", "--suite", str(suite), "-o", out), f"-o {out} already holds files")
+
+
+def test_two_benches_on_one_folder_the_later_one_is_refused(tiny_onnx, tmp_path):
+    """Runs started together on one -o: the earlier goes on, the later says so (it silently replaced the
+    other's report). A claim by a living process that started earlier stands in for the other run."""
+    import os
+
+    from exporter.staging import HOST
+
+    out = tmp_path / "out"
+    out.mkdir()
+    other = out / f".bench.kiln-tmp-{HOST}-{os.getppid()}-1-abcd1234"  # a living process, started earlier
+    other.mkdir()
+    r = run("bench", tiny_onnx.path, *BENCH, "-o", out)
+    one_line_error(r, f"-o {out}: another kiln bench (pid {os.getppid()}) is writing its report there")
+    assert sorted(p.name for p in out.iterdir()) == [other.name]  # nothing of this run left
+    other.rmdir()
+    r = run("bench", tiny_onnx.path, *BENCH, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["bench-latency.png", "bench.json", "bench.md"]
+
+
+def test_a_failed_bench_leaves_no_empty_report_folder(tiny_onnx, tmp_path):
+    out = tmp_path / "new"  # made (and claimed) before measuring; the run then fails inside the harness
+    r = run("bench", tiny_onnx.path, "--batch-sizes", "1", "--seq-len", "100000", "-o", out)
+    one_line_error(r, "sequence length 100000 exceeds the model's maximum length")
+    assert not out.exists()

@@ -239,19 +239,33 @@ def remove_stale_staging(out: Path) -> list[Path]:
     return removed
 
 
-def prepare_out_dir(out: Path, force: bool) -> None:
+def prepare_out_dir(out: Path, force: bool, name: str = "bench") -> Path:
     """`kiln bench -o`: a writable folder, stale staging folders removed, and one already holding files only
-    with --force (two runs' files would mix) -- said before minutes of measuring."""
+    with --force (two runs' files would mix) -- said before minutes of measuring. Returns this run's claim on
+    the folder: its staging folder, made now, in which write_outputs later writes. Of runs started together on
+    one -o only the earliest goes on (the others would silently replace its report)."""
+    import shutil
+
+    from exporter.staging import OWNED, earlier_writer, make_staging_dir
+
     check_out_dir(out)
     remove_stale_staging(out)
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    held = sorted(p.name for p in out.iterdir() if not OWNED.match(p.name)) if out.is_dir() else []
     if held and not force:
         shown = ", ".join(held[:5]) + (f" (+{len(held) - 5} more)" if len(held) > 5 else "")
         raise ConfigError(f"-o {out} already holds files ({shown}); pass --force to write this report there "
                           "(its files of the same report name are replaced), or give an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    claim = make_staging_dir(out / name)
+    other = earlier_writer(out / name, claim)
+    if other is not None:
+        shutil.rmtree(claim, ignore_errors=True)
+        raise ConfigError(f"-o {out}: another kiln bench (pid {other}) is writing its report there; wait for it "
+                          "to finish, or give another folder")
+    return claim
 
 
-def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
+def write_outputs(report: dict[str, Any], out: Path, name: str, staged: Path | None = None) -> list[Path]:
     """NAME.json (the report), NAME.md and the plots in `out`, each file whole: written in a staging folder
     inside `out` and renamed into place, so a reader (or a second run writing the same -o) never sees half a file.
     An earlier report's file of the same name that this one does not write (a plot) is removed: no mixing."""
@@ -262,8 +276,9 @@ def write_outputs(report: dict[str, Any], out: Path, name: str) -> list[Path]:
     from exporter.staging import make_staging_dir
 
     out.mkdir(parents=True, exist_ok=True)
-    # owner-stamped (.NAME.kiln-tmp-HOST-PID-...): a later run removes it if this process is killed here
-    staged = make_staging_dir(out / name)
+    # owner-stamped (.NAME.kiln-tmp-HOST-PID-...): a later run removes it if this process is killed here;
+    # kiln bench made it before measuring, as its claim on the folder (prepare_out_dir)
+    staged = staged or make_staging_dir(out / name)
     try:
         (staged / f"{name}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
         files = [staged / f"{name}.json", *render(report, staged, name)]

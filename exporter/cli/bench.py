@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,6 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
                                 tuple(int_list(seq_lens, "--seq-len")) if seq_lens else (), warmup, rounds, per_round)
         data_cfg = DataConfig(data, data_batch_size, min(warmup, 1), rounds) if data else None
         plan = BenchPlan(cands, sweep, data_cfg)
-    if out:
-        from benchmarks.harness.render import check_plotting, prepare_out_dir
-
-        check_plotting()
-        prepare_out_dir(Path(out), force)
     base_report = budget = None
     if baseline:  # read and check the baseline and budgets before spending minutes measuring
         from benchmarks.harness.gate import Budget, parse_percent
@@ -136,12 +132,25 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
 
         budget = Budget(parse_percent(max_latency_regression, "--max-latency-regression"), max_accuracy_drop)
         base_report = load_report(baseline)
-    report = run_bench(plan, command_line(click.get_current_context()), progress)
+    claim = created = None
     if out:
-        from benchmarks.harness.render import write_outputs
+        from benchmarks.harness.render import check_plotting, prepare_out_dir
 
-        for p in write_outputs(report, out, name):
-            progress(f"wrote {p}")
+        check_plotting()
+        created = not Path(out).exists()
+        claim = prepare_out_dir(Path(out), force, name)
+    try:
+        report = run_bench(plan, command_line(click.get_current_context()), progress)
+        if out:
+            from benchmarks.harness.render import write_outputs
+
+            for p in write_outputs(report, Path(out), name, claim):
+                progress(f"wrote {p}")
+    finally:
+        if claim is not None:
+            shutil.rmtree(claim, ignore_errors=True)
+            if created and not any(Path(out).iterdir()):  # a failed run leaves no empty -o behind
+                Path(out).rmdir()
     if base_report is not None:
         gate(report, base_report, baseline, budget, as_json)
     emit(report, as_json, lambda: render_md(report, md=markdown))
@@ -153,8 +162,6 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
               help="Folder for the Markdown and plots.")
 def report(results: Path, out: Path) -> None:
     """Re-render a benchmark report (JSON from `kiln bench`) as Markdown and PNG plots."""
-    import shutil
-
     from benchmarks.harness.render import check_out_dir, render
     from benchmarks.harness.schema import load_report
     from runtime.errors import ValidationError
