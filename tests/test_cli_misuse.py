@@ -317,3 +317,31 @@ def test_a_failed_bench_leaves_no_empty_report_folder(tiny_onnx, tmp_path):
     r = run("bench", tiny_onnx.path, "--batch-sizes", "1", "--seq-len", "100000", "-o", out)
     one_line_error(r, "sequence length 100000 exceeds the model's maximum length")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda r: r["data_results"][0].update(wall_s=0), "data_results[0].wall_s must be > 0, got 0"),
+    (lambda r: r["data_results"][0].update(sentences_per_s=-1), "data_results[0].sentences_per_s must be > 0"),
+    (lambda r: r["data_results"][1].update(round_wall_s=[1.0, "a"]), "data_results[1].round_wall_s must be a list"),
+    (lambda r: r["data_results"][1].update(round_wall_s=[1.0]), "data_results[1].round_wall_s has 1 passes; the "
+                                                                 "rows before it have 2"),
+    (lambda r: r["results"][0].update(p50_ms=0), "results[0].p50_ms must be > 0"),
+])
+def test_report_refuses_hand_edited_values_naming_the_field(tmp_path, edit, match):
+    from benchmarks.harness.schema import SCHEMA_VERSION
+
+    row = {"candidate": "kiln", "backend": "b", "data": "d", "data_sha256": "0" * 64, "n": 4, "batch_size": 2,
+           "sentences_per_s": 4.0, "wall_s": 1.0, "batch_p50_ms": 1.0, "batch_p99_ms": 1.0, "accuracy": 1.0,
+           "macro_f1": 1.0, "spread": 0.0, "noisy": False, "round_wall_s": [1.0, 1.0]}
+    lat = {"candidate": "kiln", "artifact": "a", "artifact_sha256": "0" * 64, "backend": "b", "device": "cpu",
+           "batch": 1, "seq_len": 8, "iters": 3, "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "mean_ms": 1.0,
+           "min_ms": 1.0, "throughput": 1.0, "spread": 0.0, "noisy": False}
+    report = {"schema_version": SCHEMA_VERSION, "kind": "kiln-bench", "created": "now", "command": "x",
+              "environment": {"cpu": "c", "cpu_count": 2, "cpu_flags": [], "gpus": [], "kiln": "0", "versions": {}},
+              "config": {}, "results": [lat], "data_results": [row, row | {"candidate": "peer:p"}]}
+    (tmp_path / "ok.json").write_text(json.dumps(report))
+    assert run("report", tmp_path / "ok.json", "-o", tmp_path / "ok").exit_code == 0
+    edit(report)
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    one_line_error(run("report", tmp_path / "r.json", "-o", tmp_path / "out"), match)
+    assert not (tmp_path / "out").exists()

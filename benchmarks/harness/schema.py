@@ -42,6 +42,13 @@ def check_keys(obj: Any, spec: dict[str, Any], where: str) -> None:
             raise ValidationError(f"{where}.{key} must be {want}, got {type(v).__name__} {v!r}")
 
 
+def positive(row: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """Counts and timings are above zero: a report with 0 s or -3 s renders as if they were measured."""
+    for key in keys:
+        if row[key] <= 0:
+            raise ValidationError(f"{where}.{key} must be > 0, got {row[key]!r}")
+
+
 def validate(report: Any, where: str = "report") -> dict[str, Any]:
     """Raise ValidationError (one line: where and what) unless `report` is a well-formed report of this version."""
     if not isinstance(report, dict):
@@ -56,10 +63,25 @@ def validate(report: Any, where: str = "report") -> dict[str, Any]:
     check_keys(report["environment"], ENVIRONMENT, f"{where}.environment")
     for i, row in enumerate(report["results"]):
         check_keys(row, LATENCY_ROW, f"{where}.results[{i}]")
+        positive(row, ("iters", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "throughput"),
+                 f"{where}.results[{i}]")
+    passes = None
     for i, row in enumerate(report["data_results"]):
-        check_keys(row, DATA_ROW, f"{where}.data_results[{i}]")
+        here = f"{where}.data_results[{i}]"
+        check_keys(row, DATA_ROW, here)
         if not 0 <= row["accuracy"] <= 1:
-            raise ValidationError(f"{where}.data_results[{i}].accuracy must be in [0, 1], got {row['accuracy']}")
+            raise ValidationError(f"{here}.accuracy must be in [0, 1], got {row['accuracy']}")
+        positive(row, ("n", "batch_size", "sentences_per_s", "wall_s"), here)
+        walls = row.get("round_wall_s")
+        if walls is not None:  # one wall time per interleaved pass: the pass-by-pass ratios divide them
+            if not isinstance(walls, list) or not walls or not all(
+                    isinstance(w, NUM) and not isinstance(w, bool) and w > 0 for w in walls):
+                raise ValidationError(f"{here}.round_wall_s must be a list of wall times > 0, one per pass, "
+                                      f"got {walls!r}"[:300])
+            if passes is not None and len(walls) != passes:
+                raise ValidationError(f"{here}.round_wall_s has {len(walls)} passes; the rows before it have "
+                                      f"{passes} (the passes interleave every candidate)")
+            passes = len(walls)
     if not report["results"] and not report["data_results"]:
         raise ValidationError(f"{where} holds no rows (neither results nor data_results)")
     return report
