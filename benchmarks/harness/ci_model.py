@@ -1,6 +1,6 @@
 """The ci suite's tiny artifacts, built on first use (model files are built, never committed).
 
-A 2-layer BERT of width 32 with random weights over the tests' tiny vocabulary (tests/conftest.py), exported to
+A 2-layer BERT of width 32 with random weights over a tiny vocabulary (benchmarks/harness/tiny_model.py), exported to
 ONNX and dynamically quantized to int8. Its numbers say nothing about any real model: the suite checks that the
 harness runs end to end and writes a well-formed report, in well under a minute on 2 cores. Building takes a
 few seconds; two runs building at once both end with the same artifacts (each stage writes atomically)."""
@@ -19,7 +19,7 @@ def ensure_ci_model(dest: Path) -> None:
     from exporter.onnx_export import OnnxConfig, to_onnx
     from exporter.quantize import QuantConfig, quantize
     from runtime.artifact import Artifact
-    from tests.conftest import build_tiny
+    from benchmarks.harness.tiny_model import build_tiny
 
     fp32, int8 = dest / "tiny-fp32", dest / "tiny-int8"
     if (int8 / "manifest.json").is_file():
