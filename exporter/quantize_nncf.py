@@ -187,7 +187,8 @@ def load_for_target(artifact: Artifact, config: NncfConfig) -> Any:
 def save_for_target(q: Any, staged: Path, artifact: Artifact, config: NncfConfig) -> tuple[Artifact, dict[str, Any]]:
     """Write the quantized model; return its (unfinished) artifact and what it holds, for the lineage."""
     meta = {"precision": "int8", "method": config.method, "target": config.target, "runs_on": config.runs_on,
-            # fixed activation scales: a sentence gets the same answer alone or in any batch
+            # fixed activation scales: the quantization does not look at the batch (the openvino backend's
+            # static batch-1 compile can still differ from its dynamic one in the last bits: README)
             "answers_depend_on_batching": False}
     if config.target == "openvino":
         from exporter.openvino_convert import ir_artifact, save_ir
