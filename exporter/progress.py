@@ -18,8 +18,10 @@ class Ticker:
         self.interval_s = INTERVAL_S if interval_s is None else interval_s
         self.started = self.last = time.monotonic()
         self.tick = getattr(progress, "tick", None)
+        self.done = 0
 
     def update(self, done: int) -> None:
+        self.done = done
         if self.tick is not None:
             self.tick(self.label, done, self.total)
             return

@@ -183,3 +183,20 @@ def test_prune_recovery_evaluations_can_be_fewer(tiny_bert, tmp_path):
     assert r.exit_code == 0, r.output
     # was: always four full passes over the dev data during recovery
     assert len(json.loads(r.stdout)["lineage"][-1]["metrics"]["recovery"]["history"]) == 1
+
+
+def test_each_pass_of_a_repeated_phase_gets_its_own_clock_in_a_log(monkeypatch):
+    """In a log (no terminal), every evaluation of a prune recovery had the label of the first: its elapsed
+    time and 'about Ns left' counted from the first evaluation, minutes off."""
+    from exporter.cli.common import Reporter
+
+    monkeypatch.setattr("click.get_text_stream", lambda name: type("Log", (), {"isatty": lambda self: False})())
+    reporter = Reporter()
+    for done in (64, 500, 1000):
+        reporter.tick("evaluating on 1000 examples", done, 1000)
+    first = reporter.tickers["evaluating on 1000 examples"]
+    reporter.tick("evaluating on 1000 examples", 64, 1000)  # the next evaluation
+    second = reporter.tickers["evaluating on 1000 examples"]
+    assert second is not first and second.started >= first.started and second.done == 64
+    reporter.tick("evaluating on 1000 examples", 128, 1000)
+    assert reporter.tickers["evaluating on 1000 examples"] is second  # the same pass keeps its clock

@@ -52,7 +52,9 @@ class Reporter:
         if self.quiet:
             return
         if not click.get_text_stream("stderr").isatty():  # a log file: a line now and then, not a bar
-            plain = self.tickers.setdefault(label, Ticker(lambda m: self(m), label, total))
+            plain = self.tickers.get(label)
+            if plain is None or done <= plain.done:  # a new pass of the same phase (each evaluation): its own clock
+                plain = self.tickers[label] = Ticker(lambda m: self(m), label, total)
             plain.update(done)
             return
         filled = int(30 * done / max(total, 1))
