@@ -224,7 +224,8 @@ def finetune_images_from(source: str, data: str, eval_data: str | None, out: str
     options = options or {}
     refused = [f"--{k.replace('_', '-')}" for k in TEXT_ONLY if options.get(k)]
     if refused:
-        raise ConfigError(f"{', '.join(refused)} apply to text models; image fine-tuning takes --epochs, --lr, "
+        verb = "applies" if len(refused) == 1 else "apply"
+        raise ConfigError(f"{', '.join(refused)} {verb} to text models only; image fine-tuning takes --epochs, --lr, "
                           "--batch-size, --warmup-ratio, --patience, --seed and --device")
     keys = ("epochs", "lr", "batch_size", "warmup_ratio", "patience", "seed", "device")
     config = ImageFinetuneConfig(**{k: options[k] for k in keys if options.get(k) is not None})

@@ -61,7 +61,7 @@ def test_finetune_from_packaged_config_and_config_json(shapes_folder, tmp_path):
     r = run("finetune", cfg / "config.json", "--data", shapes_folder, "--epochs", "1", "-o", tmp_path / "ft2")
     assert r.exit_code == 0, r.output
     one_line_error(run("finetune", "vit-tiny-mnist", "--data", shapes_folder, "--lora", "-o", tmp_path / "x"),
-                   "--lora apply to text models")
+                   "--lora applies to text models only")
 
 
 def test_prune_on_a_cnn_is_one_line(tmp_path):

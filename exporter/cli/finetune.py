@@ -33,7 +33,7 @@ def eval_summary(metrics: dict[str, Any]) -> str:
 @eval_data_option("Labelled data for model selection and early stopping (e.g. movie-snippets:dev).")
 @output_option()
 @click.option("--epochs", type=int, help="Passes over the data (default: text 3, images 10).")
-@click.option("--max-steps", type=int, help="Stop after this many steps (overrides --epochs).")
+@click.option("--max-steps", type=int, help="Stop after this many steps (overrides --epochs; text models only).")
 @click.option("--lr", type=float, help="Peak learning rate (default: text 1e-4, images 2e-3).")
 @batch_size_option(None, "Examples per step (default: text 32, images 64).")
 @click.option("--max-length", default=64, show_default=True, type=int, help="Tokens per text (longer texts are cut).")
