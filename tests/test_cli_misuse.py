@@ -301,7 +301,8 @@ def test_two_benches_on_one_folder_the_later_one_is_refused(tiny_onnx, tmp_path)
 
     out = tmp_path / "out"
     out.mkdir()
-    other = out / f".bench.kiln-tmp-{HOST}-{os.getppid()}-1-abcd1234"  # a living process, started earlier
+    # a living process that started earlier, writing any report name (ci, bench, ...): one claim per folder
+    other = out / f".report.kiln-tmp-{HOST}-{os.getppid()}-1-abcd1234"
     other.mkdir()
     r = run("bench", tiny_onnx.path, *BENCH, "-o", out)
     one_line_error(r, f"-o {out}: another kiln bench (pid {os.getppid()}) is writing its report there")
@@ -313,10 +314,16 @@ def test_two_benches_on_one_folder_the_later_one_is_refused(tiny_onnx, tmp_path)
 
 
 def test_a_failed_bench_leaves_no_empty_report_folder(tiny_onnx, tmp_path):
-    out = tmp_path / "new"  # made (and claimed) before measuring; the run then fails inside the harness
+    out = tmp_path / "new" / "deeper"  # made (and claimed) before measuring; the run then fails in the harness
     r = run("bench", tiny_onnx.path, "--batch-sizes", "1", "--seq-len", "100000", "-o", out)
     one_line_error(r, "sequence length 100000 exceeds the model's maximum length")
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # the parent it made too
+
+
+def test_bench_o_on_a_dangling_link_is_one_line(tiny_onnx, tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    one_line_error(run("bench", tiny_onnx.path, *BENCH, "-o", tmp_path / "dangling"),
+                   "is a link to nothing (or to a file); give a folder for the report")
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -326,6 +333,10 @@ def test_a_failed_bench_leaves_no_empty_report_folder(tiny_onnx, tmp_path):
     (lambda r: r["data_results"][1].update(round_wall_s=[1.0]), "data_results[1].round_wall_s has 1 passes; the "
                                                                  "rows before it have 2"),
     (lambda r: r["results"][0].update(p50_ms=0), "results[0].p50_ms must be > 0"),
+    (lambda r: r["results"][0].update(seq_len=-8), "results[0].seq_len must be > 0 (or null)"),
+    (lambda r: r["data_results"][0].update(macro_f1=7), "data_results[0].macro_f1 must be in [0, 1]"),
+    (lambda r: r["data_results"][0].update(batch_p50_ms=-1), "data_results[0].batch_p50_ms must be > 0"),
+    (lambda r: r["data_results"][0].update(spread=-5), "data_results[0].spread must be >= 0"),
 ])
 def test_report_refuses_hand_edited_values_naming_the_field(tmp_path, edit, match):
     from benchmarks.harness.schema import SCHEMA_VERSION

@@ -243,8 +243,8 @@ def test_static_shape_options_are_checked(key, value):
 
 @pytest.mark.parametrize("items, want", [
     (("static_cache=4",), {"static_cache": 4}),
-    (("hint=throughput", "threads=2", "f=0.5", "spinning=False"),
-     {"hint": "throughput", "threads": 2, "f": 0.5, "spinning": False}),
+    (("hint=throughput", "streams=2", "f=0.5", "flag=False"),
+     {"hint": "throughput", "streams": 2, "f": 0.5, "flag": False}),
 ])
 def test_backend_option_values(items, want):
     from exporter.cli.common import parse_backend_options
@@ -260,6 +260,20 @@ def test_backend_option_needs_key_and_value(item):
         parse_backend_options((item,))
 
 
+@pytest.mark.parametrize("items, match", [
+    (("threads=2",), "--backend-option threads=...: threads has its own flag; use --threads"),
+    (("dtype=float32",), "dtype has its own flag; use --dtype"),
+    (("model=foo",), "model is set from the artifact, not the command line"),
+    (("static_cache=2", "static_cache=3"), "--backend-option static_cache is given twice"),
+])
+def test_backend_option_one_way_to_set_each(items, match):
+    """A flag and --backend-option for one setting had opposite winners, silently; torch's model crashed."""
+    from exporter.cli.common import parse_backend_options
+
+    with pytest.raises(ConfigError, match=match):
+        parse_backend_options(items)
+
+
 def test_backend_options_reach_bench_and_serve_and_are_checked(tiny_onnx, tmp_path):
     """--backend-option gets to the options the other flags do not cover (the static copies' memory)."""
     needs_openvino()
@@ -272,10 +286,13 @@ def test_backend_options_reach_bench_and_serve_and_are_checked(tiny_onnx, tmp_pa
     r = run(*bench, "--backend-option", "static_batch=0")
     assert r.exit_code == 0, r.output
     assert "static" not in json.loads(r.stdout)["results"][0]["backend"]
+    assert "--backend-option static_batch=0" in json.loads(r.stdout)["command"]  # the rerun line, as typed
     one_line_error(run(*bench, "--backend-option", "static_cach=2"), "unknown openvino option(s) static_cach; valid: threads")
     one_line_error(run(*bench, "--backend-option", "static_cache=x"), "static_cache must be an integer >= 1, got 'x'")
     one_line_error(run("bench", "--suite", "ci", "--backend-option", "threads=1"),
                    "--backend-option applies to ARTIFACTS; a suite sets each candidate's options")
+    r = run("serve", tiny_onnx.path, "--retry-load", "--backend-option", "static_cache=4", "--port", "1")
+    one_line_error(r, "unknown onnxruntime option(s) static_cache")  # before serving (not retried for ever)
     svc = Service(tiny_onnx.path, ServeConfig(backend="openvino", backend_options=(("static_batch", 0),)))
     model = svc.load_model(tiny_onnx.path)
     assert "static" not in model.clf.session.describe()

@@ -199,6 +199,8 @@ def check_out_dir(out: Path) -> None:
     """-o must be a folder this process can write: said before minutes of measuring, not after."""
     import os
 
+    if out.is_symlink() and not out.is_dir():
+        raise ConfigError(f"-o {out} is a link to nothing (or to a file); give a folder for the report")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out} is a file; give a folder for the report")
     parent = out.absolute()
@@ -239,6 +241,9 @@ def remove_stale_staging(out: Path) -> list[Path]:
     return removed
 
 
+CLAIM = "report"  # the staging folder a run holds in -o while it measures: .report.kiln-tmp-HOST-PID-...
+
+
 def prepare_out_dir(out: Path, force: bool, name: str = "bench") -> Path:
     """`kiln bench -o`: a writable folder, stale staging folders removed, and one already holding files only
     with --force (two runs' files would mix) -- said before minutes of measuring. Returns this run's claim on
@@ -255,9 +260,13 @@ def prepare_out_dir(out: Path, force: bool, name: str = "bench") -> Path:
         shown = ", ".join(held[:5]) + (f" (+{len(held) - 5} more)" if len(held) > 5 else "")
         raise ConfigError(f"-o {out} already holds files ({shown}); pass --force to write this report there "
                           "(its files of the same report name are replaced), or give an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    claim = make_staging_dir(out / name)
-    other = earlier_writer(out / name, claim)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"-o {out}: cannot create it ({e.strerror}); give another folder") from None
+    # one claim name for every report name: two runs writing different reports into one folder mix too
+    claim = make_staging_dir(out / CLAIM)
+    other = earlier_writer(out / CLAIM, claim)
     if other is not None:
         shutil.rmtree(claim, ignore_errors=True)
         raise ConfigError(f"-o {out}: another kiln bench (pid {other}) is writing its report there; wait for it "

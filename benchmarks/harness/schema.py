@@ -65,13 +65,20 @@ def validate(report: Any, where: str = "report") -> dict[str, Any]:
         check_keys(row, LATENCY_ROW, f"{where}.results[{i}]")
         positive(row, ("iters", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "throughput"),
                  f"{where}.results[{i}]")
+        if row["seq_len"] is not None and row["seq_len"] <= 0:
+            raise ValidationError(f"{where}.results[{i}].seq_len must be > 0 (or null), got {row['seq_len']!r}")
+        if row["spread"] < 0:
+            raise ValidationError(f"{where}.results[{i}].spread must be >= 0, got {row['spread']!r}")
     passes = None
     for i, row in enumerate(report["data_results"]):
         here = f"{where}.data_results[{i}]"
         check_keys(row, DATA_ROW, here)
-        if not 0 <= row["accuracy"] <= 1:
-            raise ValidationError(f"{here}.accuracy must be in [0, 1], got {row['accuracy']}")
-        positive(row, ("n", "batch_size", "sentences_per_s", "wall_s"), here)
+        for key in ("accuracy", "macro_f1"):
+            if not 0 <= row[key] <= 1:
+                raise ValidationError(f"{here}.{key} must be in [0, 1], got {row[key]}")
+        positive(row, ("n", "batch_size", "sentences_per_s", "wall_s", "batch_p50_ms", "batch_p99_ms"), here)
+        if row["spread"] < 0:
+            raise ValidationError(f"{here}.spread must be >= 0, got {row['spread']!r}")
         walls = row.get("round_wall_s")
         if walls is not None:  # one wall time per interleaved pass: the pass-by-pass ratios divide them
             if not isinstance(walls, list) or not walls or not all(

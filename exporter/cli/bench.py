@@ -26,7 +26,13 @@ def command_line(ctx: click.Context) -> str:
             parts += [str(v) for v in value or ()]
         elif not (value is None or value is False or value == () or
                   (value == param.default and type(value) is type(param.default))):  # 0 is a value, not False
-            parts += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+            if value is True:
+                parts.append(param.opts[0])
+            elif getattr(param, "multiple", False):  # a repeatable option: once per value, as typed
+                for v in value:
+                    parts += [param.opts[0], str(v)]
+            else:
+                parts += [param.opts[0], str(value)]
     return " ".join([parts[0], *(shlex.quote(p) for p in parts[1:])])
 
 
@@ -137,7 +143,10 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         from benchmarks.harness.render import check_plotting, prepare_out_dir
 
         check_plotting()
-        created = not Path(out).exists()
+        created = Path(out).absolute()  # the first folder of -o that this run makes (removed again on failure)
+        while not created.parent.exists():
+            created = created.parent
+        created = None if created.exists() else created
         claim = prepare_out_dir(Path(out), force, name)
     try:
         report = run_bench(plan, command_line(click.get_current_context()), progress)
@@ -149,8 +158,8 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
     finally:
         if claim is not None:
             shutil.rmtree(claim, ignore_errors=True)
-            if created and not any(Path(out).iterdir()):  # a failed run leaves no empty -o behind
-                Path(out).rmdir()
+            if created is not None and not any(p.is_file() for p in created.rglob("*")):
+                shutil.rmtree(created, ignore_errors=True)  # a failed run leaves no empty -o behind
     if base_report is not None:
         gate(report, base_report, baseline, budget, as_json)
     emit(report, as_json, lambda: render_md(report, md=markdown))

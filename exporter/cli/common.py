@@ -151,6 +151,13 @@ backend_option_option = click.option(
          "(names: runtime/backends/options.py; an unknown one is refused).")
 
 
+# settings with their own flag (one way to set each: given both ways, which would win?), and ones no command
+# line can hold (torch's in-memory module)
+FLAGGED_OPTIONS = {"threads": "--threads", "dtype": "--dtype", "cuda_graphs": "--cuda-graphs",
+                   "spinning": "--spinning/--no-spinning"}
+NOT_FROM_THE_COMMAND_LINE = ("model",)
+
+
 def parse_backend_options(items: tuple[str, ...]) -> dict[str, Any]:
     """`KEY=VALUE` strings -> a dict; values read as int, float, true/false, else text. Whether the backend
     takes the key, and the value's type, are checked where the backend's options are built."""
@@ -161,6 +168,13 @@ def parse_backend_options(items: tuple[str, ...]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip() or not text.strip():
             raise ConfigError(f"--backend-option wants KEY=VALUE (e.g. static_cache=4), got {item!r}")
+        key = key.strip()
+        if key in FLAGGED_OPTIONS:
+            raise ConfigError(f"--backend-option {key}=...: {key} has its own flag; use {FLAGGED_OPTIONS[key]}")
+        if key in NOT_FROM_THE_COMMAND_LINE:
+            raise ConfigError(f"--backend-option {key}=...: {key} is set from the artifact, not the command line")
+        if key in out:
+            raise ConfigError(f"--backend-option {key} is given twice; give each option once")
         value: Any = text.strip()
         for convert in (int, float):
             try:
@@ -170,7 +184,7 @@ def parse_backend_options(items: tuple[str, ...]) -> dict[str, Any]:
                 pass
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
-        out[key.strip()] = value
+        out[key] = value
     return out
 
 

@@ -157,8 +157,9 @@ class OpenVinoSession(Session):
         except Exception as e:
             shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feed.items())
             limit = f"; the artifact's max_length is {self._meta.max_length}" if self._seq_inputs else ""
-            raise InputError(f"OpenVINO rejected the feed ({shapes}{limit}): "
-                             f"{' '.join(str(e).split())[-200:]}") from None
+            text = " ".join(str(e).split())
+            tail = text if len(text) <= 200 else "..." + text[-200:].split(" ", 1)[-1]  # whole words
+            raise InputError(f"OpenVINO rejected the feed ({shapes}{limit}): {tail}") from None
         if real is not None:  # back to the caller's length: padding is not part of the answer
             out = {name: value[:, :real] if name in self._seq_outputs else value for name, value in out.items()}
         return out
