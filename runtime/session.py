@@ -153,6 +153,12 @@ def validate_feed(specs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray],
     return feed
 
 
+def resolve_backend(backend: str, artifact_format: str) -> str:
+    """The backend `backend` means for an artifact of this format: `auto` is the one its format opens on
+    ("" for a format no backend opens); any other name is itself."""
+    return AUTO_BACKEND.get(artifact_format, "") if backend == "auto" else backend
+
+
 def open_session(artifact: Artifact | str | Path, backend: str = "auto", device: str = "cpu",
                  options: Any = None, **values: Any) -> Session:
     """Pick the backend for the artifact's format (or the one asked for) and construct its Session.
@@ -160,7 +166,7 @@ def open_session(artifact: Artifact | str | Path, backend: str = "auto", device:
     options: the backend's options dataclass (OnnxRuntimeOptions, TorchOptions, OpenVinoOptions) or a dict; keyword
     values are added to it. Either way an unknown key is a ConfigError naming the valid ones."""
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
-    name = AUTO_BACKEND.get(art.format, "") if backend == "auto" else backend
+    name = resolve_backend(backend, art.format)
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
     module, cls, formats = BACKENDS[name]

@@ -80,10 +80,9 @@ def serve(artifact: Path, host: str, port: int, max_batch_size: int, max_delay_m
         raise ConfigError(f"kiln serve serves {' and '.join(SERVED_TASKS)} artifacts; {artifact} is {art.task!r}")
     if config.backend_options:  # checked now: a mistake is not a model that fails to load (and is retried)
         from runtime.backends.options import options_for
-        from runtime.session import AUTO_BACKEND
+        from runtime.session import resolve_backend
 
-        options_for(AUTO_BACKEND.get(art.format, backend) if backend == "auto" else backend,
-                    dict(config.backend_options))
+        options_for(resolve_backend(backend, art.format), dict(config.backend_options))
     import_serving()
     check_port(host, port)  # before "serving on": a busy port is one error line, not a start and a crash
     logging.basicConfig(level=logging.INFO, format="[kiln %(asctime)s] %(levelname)s %(name)s: %(message)s",

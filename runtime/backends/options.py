@@ -99,8 +99,9 @@ class OpenVinoOptions:
     # INFERENCE_PRECISION_HINT. Set explicitly: on CPUs with AMX OpenVINO's own default is bfloat16, so an
     # unset hint would silently compute in another precision on another machine
     dtype: str = "float32"
-    # Feeds of at most this many rows run on a copy of the model compiled for their exact shape (0: never).
-    # Measured here (2-core AMD EPYC, NNCF int8 MiniLM, real sentences alone): about 0.8 ms of a 3 ms call is
+    # Text feeds of at most this many rows run on a copy of the model compiled for their exact shape (0: never;
+    # models without a sequence axis, images, always run on the dynamic-shape model: runtime/backends/ov.py).
+    # Measured here (2-core AMD EPYC, NNCF int8 MiniLM, real sentences alone): 0.5-1.2 ms of a 3-4 ms call is
     # the dynamic-shape machinery, which a static shape removes; batches gain little from it.
     static_batch: int = 1
     # text: sequence lengths are padded up (masked, the family's way) to a multiple of this before choosing a
@@ -192,10 +193,10 @@ def session_dtype(backend: str, device: str, dtype: str | None, artifact_format:
     """A one-backend command's --dtype (kiln predict, kiln eval), checked like kiln bench's: the session options
     for `backend` ({} when no dtype was given). `auto` is the backend the artifact's format opens on (an
     OpenVINO IR: openvino, an hf folder: torch), so --dtype needs no --backend there."""
-    if backend == "auto" and artifact_format:
-        from runtime.session import AUTO_BACKEND
+    if artifact_format:
+        from runtime.session import resolve_backend
 
-        backend = AUTO_BACKEND.get(artifact_format, backend)
+        backend = resolve_backend(backend, artifact_format)
     return dtype_options(backend, torch_only([backend], device, dtype))
 
 
