@@ -18,7 +18,7 @@ from calibration.datasets import LabelledTexts
 from exporter.load import load_torch_model
 from exporter.progress import ticker
 from exporter.stage import Progress, atomic_output, finish, quiet
-from exporter.training import LoopConfig, collate, encode, evaluate, train_
+from exporter.training import LoopConfig, check_cuda, collate, encode, evaluate, train_
 from runtime.artifact import Artifact
 from runtime.backends.torch_structure import STRUCTURE_KEY, encoder_layers, head_size, part, shrink_layer_
 from runtime.errors import ConfigError, TaskError
@@ -304,11 +304,7 @@ def prune(artifact: Artifact, config: PruneConfig, out: str | Path, train: Label
         raise ConfigError(f"prune reads an 'hf' text-classification artifact, got {artifact.format!r} {artifact.task!r}")
     if config.kind == "structured" and train is None:
         raise ConfigError("structured pruning scores heads and neurons on data: pass --data train.csv")
-    if config.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():  # say so now, not after minutes of scoring on the CPU
-            raise ConfigError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+    check_cuda(config.device)  # now, not after minutes of scoring on the CPU
     started = time.perf_counter()
     max_length = config.max_length or artifact.model_meta.max_length
     with atomic_output(out, force, source=artifact.path) as staged:

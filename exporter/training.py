@@ -108,6 +108,14 @@ class LoopConfig:
     bf16: bool = False  # bfloat16 autocast for forward passes (weights and optimizer stay fp32)
 
 
+def check_cuda(device: str) -> None:
+    """--device cuda where torch sees no GPU: one line, before any work (fine-tuning, pruning's recovery)."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+
+
 def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequence[str], cfg: LoopConfig,
            teacher: Any = None, progress: Progress = quiet, show_bar: bool = True) -> TrainResult:
     """Train `model` in place; at the end it holds the best weights seen on `dev` (or the last)."""
@@ -119,8 +127,7 @@ def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequenc
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = cfg.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+    check_cuda(device)
     model.to(device)
     if teacher is not None:
         teacher.to(device)

@@ -19,6 +19,7 @@ import numpy as np
 
 from calibration.images import LabelledImages
 from exporter.stage import Progress, atomic_output, finish, quiet
+from exporter.training import check_cuda
 from runtime.artifact import Artifact, Step, hash_files, library_versions
 from runtime.errors import ConfigError, DataError, SourceError
 from runtime.tasks.metrics import classification_metrics
@@ -123,8 +124,7 @@ def train_images_(model: Any, x: np.ndarray, y: np.ndarray, dev: tuple[np.ndarra
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+    check_cuda(cfg.device)
     model.to(cfg.device).train()
     per_epoch = -(-len(x) // cfg.batch_size)
     total = per_epoch * cfg.epochs
