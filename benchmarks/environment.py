@@ -31,27 +31,29 @@ def cpu_flags(wanted: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "avx_
     return [w for w in wanted if w in flags]
 
 
-def gpus() -> list[str]:
-    """One line per GPU: name, memory, driver version (nvidia-smi's own words)."""
+def nvidia_smi(fields: str, units: bool = True) -> list[str]:
+    """nvidia-smi's answer to `--query-gpu=FIELDS`, one line per GPU; [] without nvidia-smi (or if it fails)."""
     if not shutil.which("nvidia-smi"):
         return []
+    fmt = "csv,noheader" if units else "csv,noheader,nounits"
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", f"--format={fmt}"],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+def gpus() -> list[str]:
+    """One line per GPU: name, memory, driver version (nvidia-smi's own words)."""
+    return nvidia_smi("name,memory.total,driver_version")
+
+
 def gpu_memory_used_mb() -> list[int]:
     """Memory in use on each GPU now (every process's), in MiB; [] without nvidia-smi."""
-    if not shutil.which("nvidia-smi"):
-        return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10)
-        return [int(v) for v in out.stdout.split()]
-    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return [int(v) for v in nvidia_smi("memory.used", units=False)]
+    except ValueError:
         return []
 
 
