@@ -244,11 +244,12 @@ def remove_stale_staging(out: Path) -> list[Path]:
 CLAIM = "report"  # the staging folder a run holds in -o while it measures: .report.kiln-tmp-HOST-PID-...
 
 
-def prepare_out_dir(out: Path, force: bool, name: str = "bench") -> Path:
+def prepare_out_dir(out: Path, force: bool, name: str = "bench") -> tuple[Path, Path | None]:
     """`kiln bench -o`: a writable folder, stale staging folders removed, and one already holding files only
     with --force (two runs' files would mix) -- said before minutes of measuring. Returns this run's claim on
-    the folder: its staging folder, made now, in which write_outputs later writes. Of runs started together on
-    one -o only the earliest goes on (the others would silently replace its report)."""
+    the folder (its staging folder, made now, in which write_outputs later writes) and the first folder of `out`
+    it created (None: `out` existed), for release_out_dir. Of runs started together on one -o only the earliest
+    goes on (the others would silently replace its report)."""
     import shutil
 
     from exporter.staging import OWNED, earlier_writer, make_staging_dir
@@ -260,6 +261,10 @@ def prepare_out_dir(out: Path, force: bool, name: str = "bench") -> Path:
         shown = ", ".join(held[:5]) + (f" (+{len(held) - 5} more)" if len(held) > 5 else "")
         raise ConfigError(f"-o {out} already holds files ({shown}); pass --force to write this report there "
                           "(its files of the same report name are replaced), or give an empty folder")
+    created = out.absolute()
+    while not created.parent.exists():
+        created = created.parent
+    created = None if created.exists() else created
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -271,7 +276,17 @@ def prepare_out_dir(out: Path, force: bool, name: str = "bench") -> Path:
         shutil.rmtree(claim, ignore_errors=True)
         raise ConfigError(f"-o {out}: another kiln bench (pid {other}) is writing its report there; wait for it "
                           "to finish, or give another folder")
-    return claim
+    return claim, created
+
+
+def release_out_dir(claim: Path, created: Path | None) -> None:
+    """The end of a run that prepare_out_dir admitted: its claim goes, and so do the folders it created for -o
+    when no file ended up in them (a failed run leaves no empty -o behind)."""
+    import shutil
+
+    shutil.rmtree(claim, ignore_errors=True)
+    if created is not None and not any(p.is_file() for p in created.rglob("*")):
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def write_outputs(report: dict[str, Any], out: Path, name: str, staged: Path | None = None) -> list[Path]:

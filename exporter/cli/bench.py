@@ -138,28 +138,24 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
 
         budget = Budget(parse_percent(max_latency_regression, "--max-latency-regression"), max_accuracy_drop)
         base_report = load_report(baseline)
-    claim = created = None
+    claim = None
     if out:
         from benchmarks.harness.render import check_plotting, prepare_out_dir
 
         check_plotting()
-        created = Path(out).absolute()  # the first folder of -o that this run makes (removed again on failure)
-        while not created.parent.exists():
-            created = created.parent
-        created = None if created.exists() else created
         claim = prepare_out_dir(Path(out), force, name)
     try:
         report = run_bench(plan, command_line(click.get_current_context()), progress)
         if out:
             from benchmarks.harness.render import write_outputs
 
-            for p in write_outputs(report, Path(out), name, claim):
+            for p in write_outputs(report, Path(out), name, claim[0]):
                 progress(f"wrote {p}")
     finally:
         if claim is not None:
-            shutil.rmtree(claim, ignore_errors=True)
-            if created is not None and not any(p.is_file() for p in created.rglob("*")):
-                shutil.rmtree(created, ignore_errors=True)  # a failed run leaves no empty -o behind
+            from benchmarks.harness.render import release_out_dir
+
+            release_out_dir(*claim)
     if base_report is not None:
         gate(report, base_report, baseline, budget, as_json)
     emit(report, as_json, lambda: render_md(report, md=markdown))
