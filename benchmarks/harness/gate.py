@@ -64,7 +64,8 @@ def latency_key(row: dict[str, Any]) -> str:
 
 
 def data_key(row: dict[str, Any]) -> str:
-    return f"{row['candidate']} on {row['data']}"
+    """A data row's identity; a suite with several passes names the pass (batch size, sample)."""
+    return f"{row['candidate']} on {row['data']}" + (f" ({row['pass']})" if row.get("pass") else "")
 
 
 def latency_verdict(change_pct: float, noise_pct: float, budget: float | None) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from benchmarks.harness.candidates import Candidate, Peer
-from benchmarks.harness.sweep import Progress, artifact_digest, load_candidates
+from benchmarks.harness.sweep import Progress, artifact_digest, load_candidates, model_mb
 from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, interleave, latency_stats
 from runtime.errors import ConfigError, DataError
 
@@ -25,6 +25,10 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     noisy_spread: float = NOISY_SPREAD
+    name: str = ""  # this pass's name in reports and gates (default: "batch N", ", M sampled")
+    candidates: tuple[str, ...] = ()  # the labels (candidates and peers) in this pass; () = every one
+    sample: int = 0  # > 0: this many inputs drawn at random (seed 0, file order kept) instead of the whole file
+    reference: str = ""  # a candidate's label: every Kiln row gets its max abs output difference and agreement
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -34,6 +38,13 @@ class DataConfig:
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigError(f"data batch_size must be >= 1, got {self.batch_size}")
         check_counts(self.warmup, self.rounds, 1)
+        if not isinstance(self.sample, int) or isinstance(self.sample, bool) or self.sample < 0:
+            raise ConfigError(f"data sample must be a count >= 0 (0: the whole file), got {self.sample!r}")
+        if isinstance(self.candidates, str) or not all(isinstance(c, str) for c in self.candidates):
+            raise ConfigError(f"data candidates is a list of labels, got {self.candidates!r}")
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+        if not self.name:
+            object.__setattr__(self, "name", f"batch {self.batch_size}" + (f", {self.sample} sampled" if self.sample else ""))
 
 
 class TimedSession:
@@ -72,10 +83,11 @@ class KilnRunner(Runner):
         self.pipe.session = self.timed
         self.batch_ms = self.timed.calls_ms
         self.info = {"artifact": str(art.path.absolute()), "artifact_sha256": artifact_digest(art),
-                     "backend": self.timed.describe(), "runtime": "kiln " + type(self.pipe).__name__}
+                     "model_mb": model_mb(art), "backend": self.timed.describe(), "runtime": "kiln " + type(self.pipe).__name__}
 
     def __call__(self) -> None:
-        self.predicted = self.pipe.logits(self.inputs).argmax(-1)
+        self.outputs = self.pipe.logits(self.inputs)
+        self.predicted = self.outputs.argmax(-1)
 
     def close(self) -> None:
         self.pipe.close()
@@ -107,7 +119,27 @@ def load_data(art: Any, config: DataConfig) -> Any:
     data = labelled_for(art.task, config.source, config.text_column, config.label_column, names)
     if not len(data.inputs):
         raise DataError(f"{config.source} holds no labelled rows; the data mode needs at least one")
+    if 0 < config.sample < len(data.inputs):  # the same draw on every run and machine: seed 0, file order kept
+        import dataclasses
+
+        keep = np.sort(np.random.default_rng(0).choice(len(data.inputs), config.sample, replace=False))
+        data = dataclasses.replace(data, inputs=[data.inputs[i] for i in keep], labels=[data.labels[i] for i in keep])
     return data
+
+
+def reference_numerics(runners: Sequence[Runner], reference: str) -> dict[str, dict[str, float]]:
+    """Each Kiln runner's outputs against the reference candidate's on the same inputs: the largest absolute
+    difference (logits) and the fraction of inputs given the same label. Peers answer labels only."""
+    ref = next((r for r in runners if r.label == reference), None)
+    if not isinstance(ref, KilnRunner):
+        kiln = [r.label for r in runners if isinstance(r, KilnRunner)]
+        raise ConfigError(f"data reference {reference!r} is not a Kiln candidate of this pass; valid: {', '.join(kiln)}")
+    out = {}
+    for r in runners:
+        if isinstance(r, KilnRunner) and r.outputs.shape == ref.outputs.shape:
+            out[r.label] = {"max_abs_diff": round(float(np.abs(r.outputs.astype(np.float64) - ref.outputs).max()), 5),
+                            "agreement": round(float((r.predicted == ref.predicted).mean()), 4)}
+    return out
 
 
 def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequence[Peer] = (),
@@ -156,6 +188,7 @@ def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequenc
                 r()
             r.batch_ms.clear()
         times = interleave(fns, 0, config.rounds, 1, on_round=lambda i, k: say(f"data rounds {bar(i, k)}"))
+        numerics = reference_numerics(runners, config.reference) if config.reference else {}
         rows = []
         for r in runners:
             stats = latency_stats(Timings(tuple(tuple(x) for x in times[r.label]), n), config.noisy_spread)
@@ -168,5 +201,5 @@ def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequenc
                          "batch_p99_ms": round(float(np.percentile(batch, 99)), 3),
                          "accuracy": round(metrics["accuracy"], 4), "macro_f1": round(metrics["macro_f1"], 4),
                          "rounds": config.rounds, "round_wall_s": [round(m / 1000, 3) for m in stats["round_medians_ms"]],
-                         "spread": stats["spread"], "noisy": stats["noisy"]})
+                         "spread": stats["spread"], "noisy": stats["noisy"], **numerics.get(r.label, {})})
     return rows

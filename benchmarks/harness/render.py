@@ -51,6 +51,55 @@ def paired_ratios(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     return out, cols
 
 
+def data_groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Data rows by pass (a suite may make several: batch 1 and 32, a sample...), in the order they ran."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r.get("pass"), []).append(r)
+    return list(groups.values())
+
+
+def latency_ratios(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Each latency row's speed against the baseline candidate's at the same input ('x LABEL': its p50 / ours)."""
+    if not baseline:
+        return rows
+    base = {r["input"]: r["p50_ms"] for r in rows if r["candidate"] == baseline}
+    return [r | ({f"x {baseline}": f"{base[r['input']] / r['p50_ms']:.2f}"} if r["input"] in base else {})
+            for r in rows]
+
+
+def data_section(raw: list[dict[str, Any]], baseline: str, md: bool) -> list[str]:
+    """One data pass: its table (ratios to the peers and to the baseline candidate; numerics against the pass's
+    reference when it has one), and the pass-by-pass ratios against the peers."""
+    rows, ratio_cols = peer_ratios(flagged(raw))
+    base = next((r for r in raw if r["candidate"] == baseline), None)
+    if base is not None:
+        ratio_cols = [f"x {baseline}"] + ratio_cols
+        rows = [r | {f"x {baseline}": f"{r['sentences_per_s'] / base['sentences_per_s']:.2f}"} for r in rows]
+    numerics = [c for c in ("model_mb", "max_abs_diff", "agreement") if any(c in r for r in raw)]
+    first = raw[0]
+    name = f", {first['pass']}" if first.get("pass") else ""
+    lines = [f"## End to end on {first['data']}{name} ({first['n']} inputs, sha256 {first['data_sha256'][:12]})", "",
+             f"Inputs in, labels out (preprocessing included: tokenization, or image decoding and resizing; "
+             f"sentences_per_s counts images for an image model), batch size {first['batch_size']}, "
+             f"{first.get('rounds')} interleaved passes per candidate; sentences/s and wall time at the median "
+             "pass. Batch latency: Kiln's rows time each model call of its pipeline (preprocessing runs once "
+             "per pass before them); a peer's rows time each pipeline call of a batch, tokenization included."
+             + (" model_mb: the model's graph and weights." if "model_mb" in numerics else "")
+             + (" max_abs_diff / agreement: the largest absolute difference of the outputs (logits) from the "
+                "reference candidate's on the same inputs, and the share of inputs given its label."
+                if "max_abs_diff" in numerics else ""),
+             "", table(rows, DATA_COLUMNS + numerics + ratio_cols, markdown=md), ""]
+    paired, paired_cols = paired_ratios(raw)
+    if paired:
+        lines += ["### Pass by pass against the peers", "",
+                  "The passes interleave the candidates, so a slow moment of the machine hits every candidate in "
+                  "that pass alike: a peer's wall time over the candidate's in the same pass. The lowest of "
+                  "these is the ratio that holds even when the medians above are NOISY.", "",
+                  table(paired, paired_cols, markdown=md), ""]
+    return lines
+
+
 def environment_lines(env: dict[str, Any]) -> list[str]:
     v = env.get("versions", {})
     libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "torch", "transformers", "tokenizers", "numpy", "openvino")
@@ -68,6 +117,11 @@ def markdown(report: dict[str, Any], md: bool = True) -> str:
     lines = [f"# {report['config'].get('title') or 'Kiln benchmark'}", "",
              f"Command: `{report['command']}`", "", f"Measured {report['created']}:", "",
              *environment_lines(report["environment"]), ""]
+    said = report["config"].get("report") or {}  # a suite's [report]: its notes, and the row ratios are taken to
+    baseline = said.get("baseline") or ""
+    baseline_cols = [f"x {baseline}"] if baseline else []
+    if said.get("notes"):
+        lines += [str(said["notes"]).strip(), ""]
     if report.get("peak_rss_mb"):
         lines += [f"Peak resident memory of the benchmark process: {report['peak_rss_mb']} MB", ""]
     if report["results"]:
@@ -78,24 +132,10 @@ def markdown(report: dict[str, Any], md: bool = True) -> str:
                   "spread is the range of the round medians over the median (NOISY above "
                   f"{100 * cfg.get('noisy_spread', 0.1):.0f}%). Image models take one fixed input size: their "
                   "input column names it instead of a sequence length.", "",
-                  table(flagged(report["results"]), LATENCY_COLUMNS, markdown=md), ""]
-    if report["data_results"]:
-        rows, ratio_cols = peer_ratios(flagged(report["data_results"]))
-        first = report["data_results"][0]
-        lines += [f"## End to end on {first['data']} ({first['n']} inputs, sha256 {first['data_sha256'][:12]})", "",
-                  f"Inputs in, labels out (preprocessing included: tokenization, or image decoding and resizing; "
-                  f"sentences_per_s counts images for an image model), batch size {first['batch_size']}, "
-                  f"{first.get('rounds')} interleaved passes per candidate; sentences/s and wall time at the median "
-                  "pass. Batch latency: Kiln's rows time each model call of its pipeline (preprocessing runs once "
-                  "per pass before them); a peer's rows time each pipeline call of a batch, tokenization included.",
-                  "", table(rows, DATA_COLUMNS + ratio_cols, markdown=md), ""]
-        paired, paired_cols = paired_ratios(report["data_results"])
-        if paired:
-            lines += ["### Pass by pass against the peers", "",
-                      "The passes interleave the candidates, so a slow moment of the machine hits every candidate in "
-                      "that pass alike: a peer's wall time over the candidate's in the same pass. The lowest of "
-                      "these is the ratio that holds even when the medians above are NOISY.", "",
-                      table(paired, paired_cols, markdown=md), ""]
+                  table(latency_ratios(flagged(report["results"]), baseline), LATENCY_COLUMNS + baseline_cols,
+                        markdown=md), ""]
+    for rows in data_groups(report["data_results"]):
+        lines += data_section(rows, baseline, md)
     noisy = [r["candidate"] for r in report["results"] + report["data_results"] if r["noisy"]]
     if noisy:
         lines += [f"Warning: {len(noisy)} row(s) too noisy to trust ({', '.join(sorted(set(noisy)))}); "
@@ -141,9 +181,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
     """Accuracy against sentences/s, every candidate a point, the Pareto front joined."""
-    rows = report["data_results"]
-    if not rows:
+    groups = data_groups(report["data_results"])
+    if not groups:
         return None
+    rows = max(groups, key=len)  # one pass's points (several passes would draw each candidate twice)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +202,8 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_xscale("log")  # ratios read as distances: 2x faster is the same step anywhere
     ax.set_xlabel("sentences/s (end to end, log scale)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Accuracy against throughput on {rows[0]['data']}")
+    ax.set_title(f"Accuracy against throughput on {rows[0]['data']}"
+                 + (f" ({rows[0]['pass']})" if rows[0].get("pass") else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -19,7 +19,7 @@ from runtime.errors import ConfigError
 class BenchPlan:
     candidates: tuple[Candidate, ...]
     sweep: SweepConfig | None = SweepConfig()
-    data: DataConfig | None = None
+    data: DataConfig | tuple[DataConfig, ...] | None = None  # one real-data pass, or several (a suite's [[data]])
     peers: tuple[Peer, ...] = ()
     title: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -29,10 +29,34 @@ class BenchPlan:
         object.__setattr__(self, "peers", tuple(self.peers))
         if not self.candidates:
             raise ConfigError("name at least one artifact to benchmark")
-        if self.sweep is None and self.data is None:
+        if self.sweep is None and not self.passes:
             raise ConfigError("nothing to measure: give a latency sweep, --data, or both")
-        if self.peers and self.data is None:
+        if self.peers and not self.passes:
             raise ConfigError("peers run end to end on labelled data: give --data (e.g. movie-snippets:test)")
+        labels = [c.label for c in self.candidates] + [p.label for p in self.peers]
+        names = [d.name for d in self.passes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"two data passes share the name {[n for n in names if names.count(n) > 1][0]!r}; "
+                              "give each its own name")
+        for what, chosen in [("sweep", self.sweep.candidates if self.sweep else ())] + \
+                [(f"data pass {d.name!r}", d.candidates) for d in self.passes]:
+            unknown = [c for c in chosen if c not in labels]
+            if unknown:
+                raise ConfigError(f"{what} names {unknown[0]!r}, which is no candidate or peer; valid: {', '.join(labels)}")
+        for d in self.passes:
+            kiln = [c.label for c in self.candidates if not d.candidates or c.label in d.candidates]
+            if not kiln:
+                raise ConfigError(f"data pass {d.name!r} holds no Kiln candidate (its labels and task define the data)")
+            if d.reference and d.reference not in kiln:
+                raise ConfigError(f"data pass {d.name!r}: reference {d.reference!r} is not one of its Kiln "
+                                  f"candidates; valid: {', '.join(kiln)}")
+
+    @property
+    def passes(self) -> tuple[DataConfig, ...]:
+        """The real-data passes, in order ([] without --data)."""
+        if self.data is None:
+            return ()
+        return (self.data,) if isinstance(self.data, DataConfig) else tuple(self.data)
 
 
 def unique_labels(cands: Sequence[Candidate]) -> tuple[Candidate, ...]:
@@ -49,8 +73,10 @@ def plan_config(plan: BenchPlan) -> dict[str, Any]:
     def plain(x: Any) -> Any:
         return {k: str(v) if hasattr(v, "__fspath__") else v for k, v in dataclasses.asdict(x).items()}
 
+    passes = [plain(d) for d in plan.passes]
     return {"title": plan.title, "candidates": [plain(c) for c in plan.candidates],
-            "sweep": plain(plan.sweep) if plan.sweep else None, "data": plain(plan.data) if plan.data else None,
+            "sweep": plain(plan.sweep) if plan.sweep else None,
+            "data": (passes[0] if len(passes) == 1 else passes) if passes else None,
             "peers": [plain(p) for p in plan.peers], **plan.extra}
 
 
@@ -62,16 +88,23 @@ def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -
 
         for peer in plan.peers:
             peer_python(peer.python)
-    results = run_sweep(plan.candidates, plan.sweep, progress) if plan.sweep else []
+    results = run_sweep(chosen(plan.candidates, plan.sweep.candidates), plan.sweep, progress) if plan.sweep else []
     data_rows: list[dict[str, Any]] = []
-    if plan.data:
+    for i, cfg in enumerate(plan.passes):
+        if len(plan.passes) > 1 and progress:
+            progress(f"data pass {i + 1}/{len(plan.passes)}: {cfg.name}")
+        peers = chosen(plan.peers, cfg.candidates)
         client = None
-        if plan.peers:
+        if peers:
             from benchmarks.harness.peers import PeerClient, peer_python
 
-            python = peer_python(plan.peers[0].python)  # a missing peer environment fails before any timing
+            python = peer_python(peers[0].python)  # a missing peer environment fails before any timing
             client = lambda: PeerClient(python)  # noqa: E731
-        data_rows = run_data(plan.candidates, plan.data, plan.peers, client, progress)
+        rows = run_data(chosen(plan.candidates, cfg.candidates), cfg, peers, client, progress)
+        if len(plan.passes) > 1:  # rows of different passes are told apart (reports, gates) by their pass
+            rows = [r | {"pass": cfg.name} for r in rows]
+        data_rows += rows
+    if data_rows:
         peer_versions = next((r.get("versions") for r in data_rows if r.get("versions")), None)
         if peer_versions:
             env["peer_versions"] = peer_versions
@@ -79,6 +112,11 @@ def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -
               "command": command, "environment": env, "config": plan_config(plan), "results": results,
               "data_results": data_rows, "peak_rss_mb": rss_mb()[1]}
     return validate(report)
+
+
+def chosen(items: Sequence[Any], labels: Sequence[str]) -> tuple[Any, ...]:
+    """The candidates (or peers) a sweep or data pass names; all of them when it names none."""
+    return tuple(items) if not labels else tuple(x for x in items if x.label in labels)
 
 
 def backend_names(value: str) -> list[str]:

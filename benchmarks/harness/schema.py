@@ -69,7 +69,7 @@ def validate(report: Any, where: str = "report") -> dict[str, Any]:
             raise ValidationError(f"{where}.results[{i}].seq_len must be > 0 (or null), got {row['seq_len']!r}")
         if row["spread"] < 0:
             raise ValidationError(f"{where}.results[{i}].spread must be >= 0, got {row['spread']!r}")
-    passes = None
+    passes: dict[Any, int] = {}  # interleaved passes per data pass (rows of one pass share the count)
     for i, row in enumerate(report["data_results"]):
         here = f"{where}.data_results[{i}]"
         check_keys(row, DATA_ROW, here)
@@ -79,16 +79,23 @@ def validate(report: Any, where: str = "report") -> dict[str, Any]:
         positive(row, ("n", "batch_size", "sentences_per_s", "wall_s", "batch_p50_ms", "batch_p99_ms"), here)
         if row["spread"] < 0:
             raise ValidationError(f"{here}.spread must be >= 0, got {row['spread']!r}")
+        for key in ("max_abs_diff", "agreement"):  # against the pass's reference candidate, when it has one
+            v = row.get(key)
+            if v is not None and (not isinstance(v, NUM) or isinstance(v, bool) or v < 0 or (key == "agreement" and v > 1)):
+                raise ValidationError(f"{here}.{key} must be a number >= 0{' and <= 1' if key == 'agreement' else ''}, got {v!r}")
+        if "pass" in row and not isinstance(row["pass"], str):
+            raise ValidationError(f"{here}.pass must be the data pass's name (a string), got {row['pass']!r}")
         walls = row.get("round_wall_s")
         if walls is not None:  # one wall time per interleaved pass: the pass-by-pass ratios divide them
             if not isinstance(walls, list) or not walls or not all(
                     isinstance(w, NUM) and not isinstance(w, bool) and w > 0 for w in walls):
                 raise ValidationError(f"{here}.round_wall_s must be a list of wall times > 0, one per pass, "
                                       f"got {walls!r}"[:300])
-            if passes is not None and len(walls) != passes:
+            group = row.get("pass")
+            if group in passes and len(walls) != passes[group]:
                 raise ValidationError(f"{here}.round_wall_s has {len(walls)} passes; the rows before it have "
-                                      f"{passes} (the passes interleave every candidate)")
-            passes = len(walls)
+                                      f"{passes[group]} (the passes interleave every candidate)")
+            passes[group] = len(walls)
     if not report["results"] and not report["data_results"]:
         raise ValidationError(f"{where} holds no rows (neither results nor data_results)")
     return report

@@ -6,6 +6,11 @@
     [[candidate]]  artifact, backend ("auto"), device ("cpu"), label, options = {threads = 2}
     [sweep]        batch_sizes, seq_lens, warmup, rounds, per_round, noisy_spread   (omit: no latency sweep)
     [data]         source, batch_size, warmup, rounds, text_column, label_column    (omit: no real-data pass)
+                   sample (N inputs drawn with seed 0), reference (a label: max_abs_diff / agreement against it),
+                   candidates (the labels, peers' too, in this pass; default all), name
+    [[data]]       several passes, each such a table (e.g. batch 1 and batch 32); rows say their pass
+    [sweep]        ... candidates = [labels] times only those
+    [report]       baseline (a candidate label: "x LABEL" speed ratio columns), notes (text under the title)
     [[peer]]       kind, model, python, batch_size, label, work_dir
     [gate]         max_latency_regression ("10%"), max_accuracy_drop (points)
 
@@ -28,7 +33,8 @@ from runtime.errors import ConfigError, KilnError
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 ROOT = SUITES.parents[1]
-TOP_KEYS = {"title", "out", "prepare", "candidate", "sweep", "data", "peer", "gate"}
+TOP_KEYS = {"title", "out", "prepare", "candidate", "sweep", "data", "peer", "gate", "report"}
+REPORT_KEYS = {"baseline", "notes"}
 NAMED_DATA = re.compile(r"^[\w-]+:\w+$")
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -129,11 +135,19 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
         s = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["sweep"].items()}
         sweep = build(SweepConfig, s, f"suite {path} [sweep]")
     data = None
-    if "data" in raw:
-        d = dict(raw["data"])
-        if d.get("source") and not NAMED_DATA.match(d["source"]):  # NAME:SPLIT stays a name
-            d["source"] = str(rooted(d["source"]))
-        data = build(DataConfig, d, f"suite {path} [data]")
+    if "data" in raw:  # [data] is one pass; [[data]] several (batch 1 and 32, a sample, a reference...)
+        tables = raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
+        passes = []
+        for i, d in enumerate(tables):
+            d = dict(d)
+            if d.get("source") and not NAMED_DATA.match(d["source"]):  # NAME:SPLIT stays a name
+                d["source"] = str(rooted(d["source"]))
+            passes.append(build(DataConfig, d, f"suite {path} [data]" if len(tables) == 1 else f"suite {path} data {i + 1}"))
+        data = passes[0] if isinstance(raw["data"], dict) else tuple(passes)
+    said = raw.get("report", {})
+    if not isinstance(said, dict) or set(said) - REPORT_KEYS or not all(isinstance(v, str) for v in said.values()):
+        raise ConfigError(f"suite {path}: [report] is a table of {', '.join(sorted(REPORT_KEYS))} (strings: the "
+                          f"candidate label ratios are taken to, text for the report); got {said!r}"[:300])
     peers = []
     for i, p in enumerate(raw.get("peer", [])):
         p = dict(p)
@@ -151,8 +165,11 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
                               f"{', '.join(PREPARE)}; got {prepare!r}")
         for key, folder in prepare.items():
             PREPARE[key](rooted(folder))
+    if said.get("baseline") and said["baseline"] not in [c.label for c in cands]:
+        raise ConfigError(f"suite {path}: [report] baseline {said['baseline']!r} is no candidate's label; valid: "
+                          f"{', '.join(c.label for c in cands)}")
     plan = BenchPlan(tuple(cands), sweep, data, tuple(peers), title=raw.get("title", path.stem),
-                     extra={"suite": path.stem})
+                     extra={"suite": path.stem, **({"report": said} if said else {})})
     paths = [(f"candidate {c.label}", "artifact", c.artifact, written["candidate"][i]["artifact"])
              for i, c in enumerate(cands)]
     paths += [(f"peer {p.label}", "model", p.model, written["peer"][i].get("model", "")) for i, p in enumerate(peers)]

@@ -26,9 +26,13 @@ class SweepConfig:
     rounds: int = 5
     per_round: int = 6
     noisy_spread: float = NOISY_SPREAD
+    candidates: tuple[str, ...] = ()  # the candidates' labels to time; () = every one
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.candidates, str) or not all(isinstance(c, str) for c in self.candidates):
+            raise ConfigError(f"sweep candidates is a list of labels, got {self.candidates!r}")
+        object.__setattr__(self, "candidates", tuple(self.candidates))
         for name in ("batch_sizes", "seq_lens"):
             values = tuple(getattr(self, name))
             if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
@@ -63,6 +67,15 @@ def seq_lens_for(art: Artifact, asked: Sequence[int]) -> list[int | None]:
 def artifact_digest(art: Artifact) -> str:
     """The artifact's content sha256 (over its manifest's recorded file hashes; no rehashing)."""
     return digest_of(art.files) if art.files else ""
+
+
+WEIGHT_SUFFIXES = (".onnx", ".onnx.data", ".onnx_data", ".bin", ".xml", ".safetensors", ".engine", ".plan", ".pt")
+
+
+def model_mb(art: Artifact) -> float:
+    """The size of the artifact's model (graph and weights; not its tokenizer or manifest), in MB."""
+    files = [art.path / f for f in art.files] or [art.model_file]
+    return round(sum(f.stat().st_size for f in files if f.name.endswith(WEIGHT_SUFFIXES) and f.is_file()) / 1e6, 2)
 
 
 def load_candidates(candidates: Sequence[Candidate]) -> list[Artifact]:
@@ -101,7 +114,8 @@ def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
                     fns[(i, b, seq)] = (lambda s=sess, f=feed: s.run(f))
                     rows[(i, b, seq)] = {
                         "candidate": cand.label, "artifact": str(art.path.absolute()),
-                        "artifact_sha256": artifact_digest(art), "backend": sess.describe(), "device": cand.device,
+                        "artifact_sha256": artifact_digest(art), "model_mb": model_mb(art),
+                        "backend": sess.describe(), "device": cand.device,
                         "batch": b, "seq_len": seq,
                         # image models: their one input size (CxHxW) instead of a sequence length
                         "image": None if seq is not None else "x".join(str(d) for d in next(iter(feed.values())).shape[1:]),
