@@ -102,3 +102,14 @@ def test_rows_of_different_passes_may_have_different_round_counts():
     report["data_results"][1] |= {"pass": "p2", "agreement": 1.5}
     with pytest.raises(ValidationError, match="agreement must be a number >= 0 and <= 1"):
         validate(report)
+
+
+def test_ratios_to_several_baselines():
+    """Two families in one suite (ResNet, ViT): each row gets its speed against each fp32 baseline."""
+    from benchmarks.harness.render import latency_ratios
+
+    rows = [{"candidate": c, "input": "1 x image", "p50_ms": ms} for c, ms in
+            (("r32", 2.0), ("r8", 1.0), ("v32", 8.0), ("v8", 4.0))]
+    out = latency_ratios(rows, ["r32", "v32"])
+    assert [(r["x r32"], r["x v32"]) for r in out] == [("1.00", "4.00"), ("2.00", "8.00"), ("0.25", "1.00"),
+                                                       ("0.50", "2.00")]

@@ -59,23 +59,26 @@ def data_groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
-def latency_ratios(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
-    """Each latency row's speed against the baseline candidate's at the same input ('x LABEL': its p50 / ours)."""
-    if not baseline:
-        return rows
-    base = {r["input"]: r["p50_ms"] for r in rows if r["candidate"] == baseline}
-    return [r | ({f"x {baseline}": f"{base[r['input']] / r['p50_ms']:.2f}"} if r["input"] in base else {})
-            for r in rows]
+def latency_ratios(rows: list[dict[str, Any]], baselines: list[str]) -> list[dict[str, Any]]:
+    """Each latency row's speed against each baseline candidate's at the same input ('x LABEL': its p50 / ours)."""
+    out = rows
+    for b in baselines:
+        base = {r["input"]: r["p50_ms"] for r in rows if r["candidate"] == b}
+        out = [r | ({f"x {b}": f"{base[r['input']] / r['p50_ms']:.2f}"} if r["input"] in base else {}) for r in out]
+    return out
 
 
-def data_section(raw: list[dict[str, Any]], baseline: str, md: bool) -> list[str]:
-    """One data pass: its table (ratios to the peers and to the baseline candidate; numerics against the pass's
+def data_section(raw: list[dict[str, Any]], baselines: list[str], md: bool) -> list[str]:
+    """One data pass: its table (ratios to the peers and to the baseline candidates; numerics against the pass's
     reference when it has one), and the pass-by-pass ratios against the peers."""
-    rows, ratio_cols = peer_ratios(flagged(raw))
-    base = next((r for r in raw if r["candidate"] == baseline), None)
-    if base is not None:
-        ratio_cols = [f"x {baseline}"] + ratio_cols
-        rows = [r | {f"x {baseline}": f"{r['sentences_per_s'] / base['sentences_per_s']:.2f}"} for r in rows]
+    rows, peer_cols = peer_ratios(flagged(raw))
+    ratio_cols = []
+    for b in baselines:
+        base = next((r for r in raw if r["candidate"] == b), None)
+        if base is not None:
+            ratio_cols.append(f"x {b}")
+            rows = [r | {f"x {b}": f"{r['sentences_per_s'] / base['sentences_per_s']:.2f}"} for r in rows]
+    ratio_cols += peer_cols
     numerics = [c for c in ("model_mb", "max_abs_diff", "agreement") if any(c in r for r in raw)]
     first = raw[0]
     name = f", {first['pass']}" if first.get("pass") else ""
@@ -118,8 +121,9 @@ def markdown(report: dict[str, Any], md: bool = True) -> str:
              f"Command: `{report['command']}`", "", f"Measured {report['created']}:", "",
              *environment_lines(report["environment"]), ""]
     said = report["config"].get("report") or {}  # a suite's [report]: its notes, and the row ratios are taken to
-    baseline = said.get("baseline") or ""
-    baseline_cols = [f"x {baseline}"] if baseline else []
+    baseline = said.get("baseline") or []
+    baseline = [baseline] if isinstance(baseline, str) else list(baseline)  # one label, or several (two families)
+    baseline_cols = [f"x {b}" for b in baseline]
     if said.get("notes"):
         lines += [str(said["notes"]).strip(), ""]
     if report.get("peak_rss_mb"):

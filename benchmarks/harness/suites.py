@@ -10,7 +10,7 @@
                    candidates (the labels, peers' too, in this pass; default all), name
     [[data]]       several passes, each such a table (e.g. batch 1 and batch 32); rows say their pass
     [sweep]        ... candidates = [labels] times only those
-    [report]       baseline (a candidate label: "x LABEL" speed ratio columns), notes (text under the title)
+    [report]       baseline (a candidate label, or a list: "x LABEL" speed ratio columns), notes (text under the title)
     [[peer]]       kind, model, python, batch_size, label, work_dir
     [gate]         max_latency_regression ("10%"), max_accuracy_drop (points)
 
@@ -145,9 +145,11 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
             passes.append(build(DataConfig, d, f"suite {path} [data]" if len(tables) == 1 else f"suite {path} data {i + 1}"))
         data = passes[0] if isinstance(raw["data"], dict) else tuple(passes)
     said = raw.get("report", {})
-    if not isinstance(said, dict) or set(said) - REPORT_KEYS or not all(isinstance(v, str) for v in said.values()):
-        raise ConfigError(f"suite {path}: [report] is a table of {', '.join(sorted(REPORT_KEYS))} (strings: the "
-                          f"candidate label ratios are taken to, text for the report); got {said!r}"[:300])
+    if not isinstance(said, dict) or set(said) - REPORT_KEYS or not isinstance(said.get("notes", ""), str) or \
+            not all(isinstance(b, str) for b in ([said["baseline"]] if isinstance(said.get("baseline", ""), str)
+                                                 else said["baseline"])):
+        raise ConfigError(f"suite {path}: [report] is a table of {', '.join(sorted(REPORT_KEYS))} (baseline: the "
+                          f"candidate label, or labels, ratios are taken to; notes: text for the report); got {said!r}"[:300])
     peers = []
     for i, p in enumerate(raw.get("peer", [])):
         p = dict(p)
@@ -165,9 +167,10 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
                               f"{', '.join(PREPARE)}; got {prepare!r}")
         for key, folder in prepare.items():
             PREPARE[key](rooted(folder))
-    if said.get("baseline") and said["baseline"] not in [c.label for c in cands]:
-        raise ConfigError(f"suite {path}: [report] baseline {said['baseline']!r} is no candidate's label; valid: "
-                          f"{', '.join(c.label for c in cands)}")
+    for b in [said["baseline"]] if isinstance(said.get("baseline", []), str) else said.get("baseline", []):
+        if b not in [c.label for c in cands]:
+            raise ConfigError(f"suite {path}: [report] baseline {b!r} is no candidate's label; valid: "
+                              f"{', '.join(c.label for c in cands)}")
     plan = BenchPlan(tuple(cands), sweep, data, tuple(peers), title=raw.get("title", path.stem),
                      extra={"suite": path.stem, **({"report": said} if said else {})})
     paths = [(f"candidate {c.label}", "artifact", c.artifact, written["candidate"][i]["artifact"])
