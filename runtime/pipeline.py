@@ -48,7 +48,6 @@ class Pipeline:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(call_overhead_tokens, (int, float)) or not call_overhead_tokens >= 0:  # refuses NaN too
             raise ConfigError(f"call_overhead_tokens must be >= 0 (inf: never split), got {call_overhead_tokens!r}")
-            raise ConfigError(f"call_overhead_tokens must be >= 0 (inf: never split), got {call_overhead_tokens}")
         self.batch_size = batch_size
         self.call_overhead_tokens = call_overhead_tokens
         self.meta = self.artifact.model_meta

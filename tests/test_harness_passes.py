@@ -113,3 +113,24 @@ def test_ratios_to_several_baselines():
     out = latency_ratios(rows, ["r32", "v32"])
     assert [(r["x r32"], r["x v32"]) for r in out] == [("1.00", "4.00"), ("2.00", "8.00"), ("0.25", "1.00"),
                                                        ("0.50", "2.00")]
+
+
+def test_a_candidate_may_keep_its_own_batch_size(tiny_onnx, data):
+    """'One input at a time' beside batches of 16 in one pass: the reference for what batching changes."""
+    from benchmarks.harness.candidates import Candidate
+    from benchmarks.harness.realdata import DataConfig, run_data
+
+    rows = run_data([Candidate(tiny_onnx.path, label="alone", options={"batch_size": 1}),
+                     Candidate(tiny_onnx.path, label="batched")],
+                    DataConfig(str(data), batch_size=16, warmup=0, rounds=1, reference="alone"))
+    assert [(r["candidate"], r["batch_size"]) for r in rows] == [("alone", 1), ("batched", 16)]
+    assert rows[1]["agreement"] == 1 and rows[1]["max_abs_diff"] < 1e-4  # fp32: padding is masked
+
+
+def test_an_infinite_option_is_written_as_strict_json(tiny_onnx):
+    """call_overhead_tokens = inf (never split) is a float TOML and Python take, and strict JSON does not."""
+    from benchmarks.harness.candidates import Candidate
+    from benchmarks.harness.run import BenchPlan, plan_config
+
+    cfg = plan_config(BenchPlan((Candidate(tiny_onnx.path, options={"call_overhead_tokens": float("inf")}),)))
+    assert json.loads(json.dumps(cfg, allow_nan=False))["candidates"][0]["options"] == {"call_overhead_tokens": "inf"}

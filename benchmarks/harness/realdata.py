@@ -78,7 +78,9 @@ class KilnRunner(Runner):
         from runtime.pipeline import pipeline_for
 
         self.label, self.inputs = cand.label, inputs
-        self.pipe = pipeline_for(art, backend=cand.backend, device=cand.device, batch_size=batch_size, **cand.options)
+        # a candidate's own batch_size option (e.g. 1: "one input at a time") overrides the pass's
+        self.pipe = pipeline_for(art, backend=cand.backend, device=cand.device, **({"batch_size": batch_size} | cand.options))
+        self.batch_size = self.pipe.batch_size
         self.timed = TimedSession(self.pipe.session)
         self.pipe.session = self.timed
         self.batch_ms = self.timed.calls_ms
@@ -195,7 +197,7 @@ def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequenc
             metrics = classification_metrics(r.predicted, np.asarray(data.labels), len(data.label_names))
             batch = np.asarray(r.batch_ms) if r.batch_ms else np.zeros(1)
             rows.append({"candidate": r.label, **r.info, "data": str(config.source), "data_sha256": data.sha256,
-                         "n": n, "batch_size": config.batch_size, "sentences_per_s": stats["throughput"],
+                         "n": n, "batch_size": getattr(r, "batch_size", config.batch_size), "sentences_per_s": stats["throughput"],
                          "wall_s": round(stats["p50_ms"] / 1000, 3), "wall_min_s": round(stats["min_ms"] / 1000, 3),
                          "batch_p50_ms": round(float(np.percentile(batch, 50)), 3),
                          "batch_p99_ms": round(float(np.percentile(batch, 99)), 3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -69,9 +70,22 @@ def unique_labels(cands: Sequence[Candidate]) -> tuple[Candidate, ...]:
     return tuple(out)
 
 
+def json_safe(v: Any) -> Any:
+    """Paths as strings, and inf/nan (call_overhead_tokens = inf) as strings: a report is strict JSON."""
+    if hasattr(v, "__fspath__"):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
+
+
 def plan_config(plan: BenchPlan) -> dict[str, Any]:
     def plain(x: Any) -> Any:
-        return {k: str(v) if hasattr(v, "__fspath__") else v for k, v in dataclasses.asdict(x).items()}
+        return json_safe(dataclasses.asdict(x))
 
     passes = [plain(d) for d in plan.passes]
     return {"title": plan.title, "candidates": [plain(c) for c in plan.candidates],
