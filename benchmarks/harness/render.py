@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.make import made_markdown
 from benchmarks.report import table
 from runtime.errors import ConfigError
 
@@ -144,7 +145,7 @@ def markdown(report: dict[str, Any], md: bool = True) -> str:
     if noisy:
         lines += [f"Warning: {len(noisy)} row(s) too noisy to trust ({', '.join(sorted(set(noisy)))}); "
                   "re-run on a quiet machine before drawing conclusions.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + made_markdown(report["config"]))
 
 
 def plot_latency(report: dict[str, Any], path: Path) -> Path | None:

@@ -26,6 +26,8 @@ LATENCY_ROW = {"candidate": str, "artifact": str, "artifact_sha256": str, "backe
 DATA_ROW = {"candidate": str, "backend": str, "data": str, "data_sha256": str, "n": int, "batch_size": int,
             "sentences_per_s": NUM, "wall_s": NUM, "batch_p50_ms": NUM, "batch_p99_ms": NUM, "accuracy": NUM,
             "macro_f1": NUM, "spread": NUM, "noisy": bool}
+MAKE_STEP = {"out": str, "command": str, "status": str, "seconds": NUM}  # config.make: a suite's [[make]] steps
+MAKE_STATUSES = ("made", "reused", "failed")
 
 
 def check_keys(obj: Any, spec: dict[str, Any], where: str) -> None:
@@ -61,6 +63,14 @@ def validate(report: Any, where: str = "report") -> dict[str, Any]:
     if report["kind"] != KIND:
         raise ValidationError(f"{where} is a {report['kind']!r} file, not a {KIND!r} report")
     check_keys(report["environment"], ENVIRONMENT, f"{where}.environment")
+    steps = report["config"].get("make", [])
+    if not isinstance(steps, list):
+        raise ValidationError(f"{where}.config.make must be a list of make steps, got {type(steps).__name__}")
+    for i, step in enumerate(steps):
+        check_keys(step, MAKE_STEP, f"{where}.config.make[{i}]")
+        if step["status"] not in MAKE_STATUSES:
+            raise ValidationError(f"{where}.config.make[{i}].status must be one of {', '.join(MAKE_STATUSES)}, "
+                                  f"got {step['status']!r}")
     for i, row in enumerate(report["results"]):
         check_keys(row, LATENCY_ROW, f"{where}.results[{i}]")
         positive(row, ("iters", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "throughput"),

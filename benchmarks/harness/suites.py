@@ -13,18 +13,30 @@
     [report]       baseline (a candidate label, or a list: "x LABEL" speed ratio columns), notes (text under the title)
     [[peer]]       kind, model, python, batch_size, label, work_dir
     [gate]         max_latency_regression ("10%"), max_accuracy_drop (points)
+    [vars]         NAME = "value" (may use ${ENV}, ${ENV:-default}, earlier vars); ${NAME} anywhere else
+    [[make]]       out, run ("kiln quantize ${FP32} --method dynamic-int8 -o {out}"), may_fail (false)
 
 Strings may use ${VAR} or ${VAR:-default}, so paths are configurable per machine; relative paths are
-relative to the repository root (where CI runs)."""
+relative to the repository root (where CI runs). A [vars] name is looked up before the environment (write
+FP32 = "${FP32:-...}" to let the environment override it).
+
+[[make]] steps (benchmarks/harness/make.py) make the artifacts the suite measures, in order, after `prepare` and
+before measuring: `run` is a kiln command (a string or a list; {out} is the step's out), run from the repository
+root with HF_HUB_OFFLINE=1. A step is skipped when `out` holds an artifact that the record beside it
+(.OUT.make.json, written after success) says the same command made from the same input artifacts; otherwise it
+is made (again, with --force over an artifact already there). A failing step is an error unless may_fail = true:
+then the candidates measuring its out are left out and the report says why. The report's config.make lists each
+step's {out, command, status: made | reused | failed, seconds, error?, dropped?}."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.harness.candidates import Candidate, Peer
+from benchmarks.harness.make import kept_candidates, parse_steps, run_steps, with_vars
 from benchmarks.harness.peers import DEFAULT_PEER_PYTHON
 from benchmarks.harness.realdata import DataConfig
 from benchmarks.harness.run import BenchPlan
@@ -33,7 +45,7 @@ from runtime.errors import ConfigError, KilnError
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 ROOT = SUITES.parents[1]
-TOP_KEYS = {"title", "out", "prepare", "candidate", "sweep", "data", "peer", "gate", "report"}
+TOP_KEYS = {"title", "out", "prepare", "candidate", "sweep", "data", "peer", "gate", "report", "vars", "make"}
 REPORT_KEYS = {"baseline", "notes"}
 NAMED_DATA = re.compile(r"^[\w-]+:\w+$")
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
@@ -90,10 +102,11 @@ def build(cls: type, table: dict[str, Any], where: str, **fixed: Any) -> Any:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
-    """The plan a suite describes, and its settings (out, gate); a value of the wrong shape is one line."""
+def load_suite(name: str, progress: Callable[[str], None] | None = None) -> tuple[BenchPlan, dict[str, Any]]:
+    """The plan a suite describes, and its settings (out, gate); a value of the wrong shape is one line. Its
+    [[make]] steps run here (progress: one line per step, and the steps' own progress unless it is quiet)."""
     try:
-        return _load_suite(name)
+        return _load_suite(name, progress)
     except KilnError:
         raise
     except (TypeError, ValueError, AttributeError, KeyError) as e:
@@ -101,7 +114,7 @@ def load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
                           "see benchmarks/harness/suites.py for the format") from None
 
 
-def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
+def _load_suite(name: str, progress: Callable[[str], None] | None) -> tuple[BenchPlan, dict[str, Any]]:
     import tomllib
 
     path = suite_path(name)
@@ -111,8 +124,9 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"suite {path} does not parse: {e}") from None
-    written = raw  # before ${VAR} expansion: a missing path's error names the variable it came from
-    raw = expand(raw)
+    # [vars] substituted, ${ENV} not yet: a missing path's error names the variable it came from
+    written = with_vars(raw, f"suite {path}")
+    raw = expand(written)
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"suite {path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TOP_KEYS))}")
@@ -123,6 +137,7 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
                           f"max_accuracy_drop = 0.5; got {gate!r}")
     if isinstance(gate.get("max_accuracy_drop"), str):
         raise ConfigError(f"suite {path}: [gate] max_accuracy_drop is a number of points, got {gate['max_accuracy_drop']!r}")
+    steps = parse_steps(raw.get("make", []), f"suite {path}")  # checked before anything runs
     cands = []
     for i, c in enumerate(raw.get("candidate", [])):
         c = dict(c)
@@ -167,14 +182,17 @@ def _load_suite(name: str) -> tuple[BenchPlan, dict[str, Any]]:
                               f"{', '.join(PREPARE)}; got {prepare!r}")
         for key, folder in prepare.items():
             PREPARE[key](rooted(folder))
+    made = run_steps(steps, ROOT, f"suite {path}", progress)
+    kept = kept_candidates([c.artifact for c in cands], [c.label for c in cands], made, ROOT, f"suite {path}")
+    cands = [cands[i] for i in kept]
     for b in [said["baseline"]] if isinstance(said.get("baseline", []), str) else said.get("baseline", []):
         if b not in [c.label for c in cands]:
             raise ConfigError(f"suite {path}: [report] baseline {b!r} is no candidate's label; valid: "
                               f"{', '.join(c.label for c in cands)}")
     plan = BenchPlan(tuple(cands), sweep, data, tuple(peers), title=raw.get("title", path.stem),
-                     extra={"suite": path.stem, **({"report": said} if said else {})})
+                     extra={"suite": path.stem, **({"report": said} if said else {}), **({"make": made} if made else {})})
     paths = [(f"candidate {c.label}", "artifact", c.artifact, written["candidate"][i]["artifact"])
-             for i, c in enumerate(cands)]
+             for i, c in zip(kept, cands)]
     paths += [(f"peer {p.label}", "model", p.model, written["peer"][i].get("model", "")) for i, p in enumerate(peers)]
     settings = {"out": rooted(raw.get("out", f"benchmarks/work/bench/{path.stem}")), "gate": gate,
                 "name": path.stem, "path": path, "paths": paths}

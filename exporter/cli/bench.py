@@ -107,7 +107,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         if backend_options:
             raise ConfigError("--backend-option applies to ARTIFACTS; a suite sets each candidate's options in its "
                               "file (options = {static_cache = 4})")
-        plan, settings = load_suite(suite)
+        plan, settings = load_suite(suite, progress)  # runs its [[make]] steps
         check_paths(settings)  # a missing artifact names the KILN_* variable the suite reads for it
         if out is None:  # the suite's own folder: a rerun replaces its report there (an -o you name needs --force)
             out, force = settings["out"], True

@@ -1,0 +1,186 @@
+"""A suite's [vars] and [[make]] steps (benchmarks/harness/make.py): artifacts made by real kiln commands before
+measuring, reused while the same command made them, remade when it changes, failures in one line."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from exporter.cli import main
+from runtime.errors import ConfigError
+
+QUANTIZE = "kiln quantize ${TINY} --method dynamic-int8 -o {out}"
+SWEEP = "[sweep]\nbatch_sizes = [1]\nseq_lens = [8]\nwarmup = 1\nrounds = 2\nper_round = 1\n"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture()
+def tiny(tiny_onnx, tmp_path):
+    """A private copy of the tiny fp32 artifact (a test may change it)."""
+    return shutil.copytree(tiny_onnx.path, tmp_path / "tiny")
+
+
+def suite(tmp_path, tiny, steps, candidates=("int8",), extra=""):
+    """A suite in tmp_path: TINY is a var, each step a [[make]] table, each candidate an artifact folder there."""
+    text = f'[vars]\nTINY = "{tiny}"\nW = "{tmp_path}"\n' + extra
+    for step in steps:
+        text += "[[make]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in step.items())
+    for name in candidates:
+        text += f'[[candidate]]\nartifact = "${{W}}/{name}"\nlabel = "{name}"\n'
+    path = tmp_path / "s.toml"
+    path.write_text(text + SWEEP)
+    return path
+
+
+def load(path):
+    from benchmarks.harness.suites import load_suite
+
+    said = []
+    plan, settings = load_suite(str(path), said.append)
+    return plan, said
+
+
+def test_a_step_is_made_then_reused_then_made_again_when_its_command_or_input_changes(tmp_path, tiny):
+    step = {"out": f"{tmp_path}/int8", "run": QUANTIZE}
+    path = suite(tmp_path, tiny, [step])
+    plan, said = load(path)
+    made = plan.extra["make"]
+    assert [m["status"] for m in made] == ["made"] and made[0]["command"].startswith("kiln quantize ")
+    assert made[0]["command"].endswith(f"-o {tmp_path}/int8") and said[0].startswith("make 1/1: kiln quantize")
+    assert (tmp_path / "int8" / "manifest.json").is_file()
+    assert not any(p.name.endswith(".make.json") for p in (tmp_path / "int8").iterdir())  # beside, not in it
+    record = json.loads((tmp_path / ".int8.make.json").read_text())
+    assert record["command"] == made[0]["command"] and record["exit"] == 0 and record["seconds"] > 0
+    assert [c.label for c in plan.candidates] == ["int8"]
+    first = (tmp_path / "int8" / "manifest.json").read_bytes()
+
+    plan, said = load(path)  # the same command: nothing runs
+    assert [m["status"] for m in plan.extra["make"]] == ["reused"]
+    assert said == [f"make 1/1: {made[0]['command']} (skipped: made earlier by the same command)"]
+    assert (tmp_path / "int8" / "manifest.json").read_bytes() == first
+
+    suite(tmp_path, tiny, [{**step, "run": QUANTIZE + " --per-tensor"}])  # a changed command: made again (--force)
+    plan, _ = load(path)
+    assert [m["status"] for m in plan.extra["make"]] == ["made"]
+    assert "--per-tensor" in json.loads((tmp_path / ".int8.make.json").read_text())["command"]
+    assert plan.extra["make"][0]["command"].endswith("--per-tensor")  # --force is how it ran, not what it is
+
+    manifest = tiny / "manifest.json"  # the input artifact remade: what was made from it is made again
+    manifest.write_text(manifest.read_text() + "\n")
+    plan, _ = load(path)
+    assert [m["status"] for m in plan.extra["make"]] == ["made"]
+
+
+def test_an_artifact_without_a_record_is_made_again(tmp_path, tiny):
+    """A step killed after kiln wrote its artifact but before the record: the next run does not trust it."""
+    path = suite(tmp_path, tiny, [{"out": f"{tmp_path}/int8", "run": QUANTIZE}])
+    shutil.copytree(tiny, tmp_path / "int8")
+    plan, _ = load(path)
+    assert [m["status"] for m in plan.extra["make"]] == ["made"]
+    assert json.loads((tmp_path / "int8" / "manifest.json").read_text())["lineage"][-1]["stage"] == "quantize"
+
+
+def test_a_failing_step_is_one_line_naming_it_and_leaves_no_record(tmp_path, tiny):
+    path = suite(tmp_path, tiny, [{"out": f"{tmp_path}/int8", "run": "kiln quantize ${W}/missing -o {out}"}])
+    with pytest.raises(ConfigError, match=r"make step 1 failed \(kiln quantize .*/missing -o .*/int8\): "
+                                          r"artifact '.*missing' does not exist$"):
+        load(path)
+    assert not (tmp_path / ".int8.make.json").exists()
+    r = run("bench", "--suite", path)
+    assert r.exit_code != 0 and r.output.strip().splitlines()[-1].startswith("error: suite ")
+    assert "Traceback" not in r.output and "make step 1 failed" in r.output.strip().splitlines()[-1]
+
+
+def test_a_step_that_may_fail_drops_its_candidates_and_keeps_the_reason(tmp_path, tiny):
+    steps = [{"out": f"{tmp_path}/int8", "run": "kiln quantize ${W}/missing -o {out}", "may_fail": True},
+             {"out": f"{tmp_path}/int8-again", "run": "kiln quantize ${W}/int8 -o {out}"}]  # reads the failed one
+    path = suite(tmp_path, tiny, steps, candidates=("tiny", "int8", "int8-again"))
+    plan, said = load(path)
+    assert [c.label for c in plan.candidates] == ["tiny"]
+    first, second = plan.extra["make"]
+    assert first["status"] == "failed" and first["dropped"] == ["int8"]
+    assert first["error"].startswith("artifact ") and first["error"].endswith("does not exist")
+    assert second["status"] == "failed" and second["dropped"] == ["int8-again"] and "not run" in second["error"]
+    assert any("failed (may_fail)" in line for line in said)
+
+    from benchmarks.harness.render import made_markdown
+
+    text = "\n".join(made_markdown(plan.extra))
+    assert "## How the artifacts were made" in text and "# FAILED\nkiln quantize" in text
+    assert f"- int8: {first['error']}" in text
+
+    path = suite(tmp_path, tiny, steps[:1])  # nothing left to measure
+    with pytest.raises(ConfigError, match="no candidate left to measure.*does not exist"):
+        load(path)
+
+
+def test_bench_reports_how_its_artifacts_were_made_and_kiln_report_renders_it(tmp_path, tiny):
+    path = suite(tmp_path, tiny, [{"out": f"{tmp_path}/int8", "run": QUANTIZE}])
+    r = run("bench", "--suite", path, "-o", tmp_path / "out", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert [m["status"] for m in report["config"]["make"]] == ["made"]
+    md = (tmp_path / "out" / "s.md").read_text()
+    assert "## How the artifacts were made" in md and f"```\n# made in " in md and QUANTIZE.split()[1] in md
+    r = run("report", tmp_path / "out" / "s.json", "-o", tmp_path / "again")
+    assert r.exit_code == 0, r.output
+    assert "## How the artifacts were made" in (tmp_path / "again" / "s.md").read_text()
+
+    report["config"]["make"][0]["status"] = "baked"
+    (tmp_path / "bad.json").write_text(json.dumps(report))
+    r = run("report", tmp_path / "bad.json", "-o", tmp_path / "bad")
+    assert r.exit_code != 0 and "config.make[0].status must be one of made, reused, failed" in r.output
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"out": "x", "run": "python -c 'print(1)'"}, "make step 1: run must be a kiln command"),
+    ({"out": "x", "run": ["rm", "-rf", "x"]}, "make step 1: run must be a kiln command"),
+    ({"out": "x", "run": "kiln quantize a -o {out}", "mayfail": True},
+     "make step 1: unknown key.s. mayfail; valid: out, run, may_fail"),
+    ({"run": "kiln quantize a -o {out}"}, "make step 1: out is the folder"),
+    ({"out": "x", "run": "kiln quantize a -o {out}", "may_fail": "yes"}, "may_fail is true or false"),
+])
+def test_a_wrong_make_step_is_refused_before_anything_runs(tmp_path, tiny, step, message):
+    path = suite(tmp_path, tiny, [step])
+    with pytest.raises(ConfigError, match=message):
+        load(path)
+    r = run("bench", "--suite", path)
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+
+
+def test_vars_expand_everywhere_and_the_environment_only_where_asked(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("PLAIN", "from-env")
+    monkeypatch.setenv("OVERRIDE", str(tmp_path / "env-art"))
+    extra = ('PLAIN = "${W}/plain"\nOVERRIDE = "${OVERRIDE:-nowhere}"\nROUNDS = 3\n'
+             '[data]\nsource = "${W}/d.csv"\nrounds = "${ROUNDS}"\n')
+    path = suite(tmp_path, tiny, [], candidates=(), extra=extra)
+    path.write_text(path.read_text() + '[[candidate]]\nartifact = "${PLAIN}"\n[[candidate]]\nartifact = "${OVERRIDE}"\n')
+    plan, _ = load(path)
+    assert [c.artifact for c in plan.candidates] == [tmp_path / "plain", tmp_path / "env-art"]
+    assert plan.data.rounds == 3 and plan.data.source == str(tmp_path / "d.csv") and "make" not in plan.extra
+
+    path.write_text(path.read_text() + '[[candidate]]\nartifact = "${NOT_A_VAR_OR_ENV}/x"\n')
+    with pytest.raises(ConfigError, match="needs \\$NOT_A_VAR_OR_ENV, which is not set"):
+        load(path)
+    path.write_text('vars = {A = ["x"]}\n[[candidate]]\nartifact = "a"\n')
+    with pytest.raises(ConfigError, match=r"\[vars\] A = \['x'\]: a var is NAME = \"value\""):
+        load(path)
+    path.write_text('vars = "x"\n[[candidate]]\nartifact = "a"\n')
+    with pytest.raises(ConfigError, match=r"\[vars\] is a table"):
+        load(path)
+
+
+def test_a_missing_artifact_still_names_the_environment_variable_behind_a_var(tmp_path, tiny, monkeypatch):
+    from benchmarks.harness.suites import check_paths, load_suite
+
+    monkeypatch.delenv("KILN_TEST_ART", raising=False)
+    path = tmp_path / "s.toml"
+    path.write_text('[vars]\nART = "${KILN_TEST_ART:-' + str(tmp_path) + '/none}"\n'
+                    '[[candidate]]\nartifact = "${ART}"\n' + SWEEP)
+    _, settings = load_suite(str(path))
+    with pytest.raises(ConfigError, match="set KILN_TEST_ART to its path"):
+        check_paths(settings)
