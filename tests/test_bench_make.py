@@ -110,7 +110,7 @@ def test_a_step_that_may_fail_drops_its_candidates_and_keeps_the_reason(tmp_path
     from benchmarks.harness.render import made_markdown
 
     text = "\n".join(made_markdown(plan.extra))
-    assert "## How the artifacts were made" in text and "# FAILED\nkiln quantize" in text
+    assert "## How the artifacts were made" in text and f"# FAILED: {first['error']}\nkiln quantize" in text
     assert f"- int8: {first['error']}" in text
 
     path = suite(tmp_path, tiny, steps[:1])  # nothing left to measure
@@ -139,6 +139,7 @@ def test_bench_reports_how_its_artifacts_were_made_and_kiln_report_renders_it(tm
 @pytest.mark.parametrize("step, message", [
     ({"out": "x", "run": "python -c 'print(1)'"}, "make step 1: run must be a kiln command"),
     ({"out": "x", "run": ["rm", "-rf", "x"]}, "make step 1: run must be a kiln command"),
+    ({"out": "x", "run": "kiln serve x"}, r"must be a kiln command that makes an artifact \(kiln export \| finetune"),
     ({"out": "x", "run": "kiln quantize a -o {out}", "mayfail": True},
      "make step 1: unknown key.s. mayfail; valid: out, run, may_fail"),
     ({"run": "kiln quantize a -o {out}"}, "make step 1: out is the folder"),
@@ -184,3 +185,14 @@ def test_a_missing_artifact_still_names_the_environment_variable_behind_a_var(tm
     _, settings = load_suite(str(path))
     with pytest.raises(ConfigError, match="set KILN_TEST_ART to its path"):
         check_paths(settings)
+
+
+def test_a_step_command_reads_its_out_and_home_as_a_shell_would():
+    import os
+
+    from benchmarks.harness.make import parse_steps
+
+    step, = parse_steps([{"out": "~/k/int8", "run": "kiln quantize ~/k/fp32 -o {out} --calib-data 'a b.csv'"}], "s")
+    home = os.path.expanduser("~")
+    assert step.argv == ("kiln", "quantize", f"{home}/k/fp32", "-o", f"{home}/k/int8", "--calib-data", "a b.csv")
+    assert step.command == f"kiln quantize {home}/k/fp32 -o {home}/k/int8 --calib-data 'a b.csv'"

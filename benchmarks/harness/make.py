@@ -84,6 +84,9 @@ def parse_steps(tables: Any, where: str) -> list[MakeStep]:
     """The suite's [[make]] tables, checked before anything runs (a typo costs no minutes)."""
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"{where}: make is a list of [[make]] tables ({', '.join(STEP_KEYS)}); got {tables!r}")
+    from exporter.cli.group import SECTIONS  # the CLI's own list: a new stage command is allowed by itself
+
+    making = SECTIONS["Make an artifact"]  # not kiln serve (it never ends) nor kiln bench (it makes no artifact)
     steps, outs = [], {}
     for i, t in enumerate(tables, 1):
         here = f"{where}: make step {i}"
@@ -104,12 +107,15 @@ def parse_steps(tables: Any, where: str) -> list[MakeStep]:
             words = list(run)
         else:
             raise ConfigError(f"{here}: run is a kiln command, a string or a list of strings, got {run!r}")
-        if not words or words[0] != "kiln":
-            raise ConfigError(f"{here}: run must be a kiln command (\"kiln quantize ... -o {{out}}\"), got {run!r}")
+        if not words or words[0] != "kiln" or len(words) < 2 or words[1] not in making:
+            raise ConfigError(f"{here}: run must be a kiln command that makes an artifact (kiln {' | '.join(making)} "
+                              f"... -o {{out}}), got {run!r}")
         if out in outs:
             raise ConfigError(f"{here}: out {out!r} is also step {outs[out]}'s; each step writes its own folder")
         outs[out] = i
-        steps.append(MakeStep(i, out, tuple(w.replace("{out}", out) for w in words), may_fail))
+        # a word led by ~ is the home folder, as a shell would read it (the command runs without a shell)
+        argv = tuple(os.path.expanduser(w.replace("{out}", out)) for w in words)
+        steps.append(MakeStep(i, out, argv, may_fail))
     return steps
 
 
@@ -275,13 +281,19 @@ def made_markdown(config: dict[str, Any]) -> list[str]:
     steps = config.get("make") or []
     if not steps:
         return []
-    shown = {"made": "made in {seconds:.1f} s", "reused": "reused: made earlier by the same command",
-             "failed": "FAILED"}
+    def status(step: dict[str, Any]) -> str:
+        if step["status"] == "made":
+            return f"made in {step['seconds']:.1f} s"
+        if step["status"] == "reused":
+            when = f" on {step['finished']}" if step.get("finished") else ""
+            return f"reused: made{when} by the same command in {step['seconds']:.1f} s"
+        return f"FAILED: {step.get('error', '')}"
+
     lines = ["## How the artifacts were made", "",
              "Before measuring, these kiln commands (run from the repository root) made the artifacts measured; "
              "a reused artifact was made by the same command from the same inputs in an earlier run.", "", "```"]
     for step in steps:
-        lines += [f"# {shown[step['status']].format(seconds=step['seconds'])}", step["command"]]
+        lines += [f"# {status(step)}", step["command"]]
     lines += ["```", ""]
     failures = [s for s in steps if s["status"] == "failed"]
     if failures:
