@@ -196,3 +196,28 @@ def test_a_step_command_reads_its_out_and_home_as_a_shell_would():
     home = os.path.expanduser("~")
     assert step.argv == ("kiln", "quantize", f"{home}/k/fp32", "-o", f"{home}/k/int8", "--calib-data", "a b.csv")
     assert step.command == f"kiln quantize {home}/k/fp32 -o {home}/k/int8 --calib-data 'a b.csv'"
+
+
+def test_a_step_reading_a_failed_steps_out_is_not_reused_from_its_older_artifact(tmp_path, tiny):
+    """Step 1's command changed and now fails: step 2's record (made from step 1's older artifact) is no answer."""
+    from benchmarks.harness.make import input_artifacts, manifest_sha256, parse_steps, write_record
+    from benchmarks.harness.suites import ROOT
+
+    steps = [{"out": f"{tmp_path}/int8", "run": "kiln quantize ${W}/missing -o {out}", "may_fail": True},
+             {"out": f"{tmp_path}/again", "run": f"kiln quantize {tmp_path}/int8 -o {{out}}"}]
+    path = suite(tmp_path, tiny, steps, candidates=("tiny", "again"))
+    shutil.copytree(tiny, tmp_path / "int8")  # what step 1 made before its command changed
+    shutil.copytree(tiny, tmp_path / "again")
+    second = parse_steps(steps[1:], "s")[0]
+    write_record(tmp_path / "again", {"command": second.command, "exit": 0, "seconds": 1.0, "finished": "then",
+                                      "inputs": input_artifacts(second, ROOT),
+                                      "output": manifest_sha256(tmp_path / "again")})
+    plan, _ = load(path)
+    assert [m["status"] for m in plan.extra["make"]] == ["failed", "failed"]
+    assert [c.label for c in plan.candidates] == ["tiny"]
+
+    steps[0] = {"out": f"{tmp_path}/unrelated", "run": "kiln quantize ${W}/missing -o {out}", "may_fail": True}
+    path = suite(tmp_path, tiny, steps, candidates=("tiny", "again"))  # the record itself is honoured
+    plan, _ = load(path)
+    assert [m["status"] for m in plan.extra["make"]] == ["failed", "reused"]
+    assert plan.extra["make"][1]["finished"] == "then" and [c.label for c in plan.candidates] == ["tiny", "again"]

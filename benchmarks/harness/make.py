@@ -214,13 +214,7 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
         out = rooted(step.out, root)
         head = f"make {step.number}/{len(steps)}: {step.command}"
         inputs = input_artifacts(step, root)
-        record = read_record(out)
-        if (record and manifest_sha256(out) and record.get("command") == step.command and record.get("exit") == 0
-                and record.get("output") == manifest_sha256(out) and record.get("inputs") == inputs):
-            say(f"{head} (skipped: made earlier by the same command)")
-            done.append({"out": step.out, "command": step.command, "status": "reused",
-                         "seconds": record.get("seconds", 0.0), "finished": record.get("finished", "")})
-            continue
+        # first: what an earlier run made from that step's older artifact is no answer to this suite either
         missing = next((why for folder, why in failed.items() for w in step.argv[2:]
                         if not w.startswith("-") and inside(rooted(w, root), folder)), None)
         if missing is not None:
@@ -229,6 +223,15 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
             done.append({"out": step.out, "command": step.command, "status": "failed", "seconds": 0.0,
                          "error": error})
             failed[out] = error
+            continue
+        record = read_record(out)
+        if (record and manifest_sha256(out) and record.get("command") == step.command and record.get("exit") == 0
+                and record.get("output") == manifest_sha256(out) and record.get("inputs") == inputs):
+            say(f"{head} (skipped: made earlier by the same command)")
+            seconds, finished = record.get("seconds"), record.get("finished")
+            done.append({"out": step.out, "command": step.command, "status": "reused",
+                         "seconds": seconds if type(seconds) in (int, float) and seconds >= 0 else 0.0,
+                         "finished": finished if isinstance(finished, str) else ""})
             continue
         argv = list(step.argv)
         if manifest_sha256(out) and "--force" not in argv:
@@ -243,8 +246,12 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
         elif not manifest_sha256(out):
             error = f"it finished but {step.out} holds no artifact (manifest.json): write it with -o {{out}}"
         if error is None:
-            write_record(out, {"command": step.command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "seconds": seconds, "exit": 0, "inputs": inputs, "output": manifest_sha256(out)})
+            try:
+                write_record(out, {"command": step.command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                   "seconds": seconds, "exit": 0, "inputs": inputs, "output": manifest_sha256(out)})
+            except OSError as e:  # the artifact is made; only the next run's shortcut is lost
+                say(f"make {step.number}/{len(steps)}: could not write {record_path(out)} ({e.strerror}); "
+                    "the next run makes it again")
             done.append({"out": step.out, "command": step.command, "status": "made", "seconds": seconds})
             continue
         error = " ".join(error.removeprefix("error: ").split())
