@@ -21,8 +21,9 @@ relative to the repository root (where CI runs). A [vars] name is looked up befo
 FP32 = "${FP32:-...}" to let the environment override it).
 
 [[make]] steps (benchmarks/harness/make.py) make the artifacts the suite measures, in order, after `prepare` and
-before measuring: `run` is a kiln command (a string or a list; {out} is the step's out), run from the repository
-root with HF_HUB_OFFLINE=1. A step is skipped when `out` holds an artifact that the record beside it
+before measuring: `run` is a kiln command that makes an artifact (export, finetune, prune, quantize, optimize,
+build, export-triton; a string or a list; {out} is the step's out), run from the repository root with
+HF_HUB_OFFLINE=1 (a step reading a failed step's out fails with it). A step is skipped when `out` holds an artifact that the record beside it
 (.OUT.make.json, written after success) says the same command made from the same input artifacts; otherwise it
 is made (again, with --force over an artifact already there). A failing step is an error unless may_fail = true:
 then the candidates measuring its out are left out and the report says why. The report's config.make lists each
