@@ -162,8 +162,8 @@ def _load_suite(name: str, progress: Callable[[str], None] | None) -> tuple[Benc
         data = passes[0] if isinstance(raw["data"], dict) else tuple(passes)
     said = raw.get("report", {})
     if not isinstance(said, dict) or set(said) - REPORT_KEYS or not isinstance(said.get("notes", ""), str) or \
-            not all(isinstance(b, str) for b in ([said["baseline"]] if isinstance(said.get("baseline", ""), str)
-                                                 else said["baseline"])):
+            not all(isinstance(b, str) for b in ([said["baseline"]] if isinstance(said.get("baseline", []), str)
+                                                 else said.get("baseline", []))):
         raise ConfigError(f"suite {path}: [report] is a table of {', '.join(sorted(REPORT_KEYS))} (baseline: the "
                           f"candidate label, or labels, ratios are taken to; notes: text for the report); got {said!r}"[:300])
     peers = []
