@@ -221,3 +221,23 @@ def test_a_step_reading_a_failed_steps_out_is_not_reused_from_its_older_artifact
     plan, _ = load(path)
     assert [m["status"] for m in plan.extra["make"]] == ["failed", "reused"]
     assert plan.extra["make"][1]["finished"] == "then" and [c.label for c in plan.candidates] == ["tiny", "again"]
+
+
+def test_the_sweep_passes_and_baseline_naming_a_candidate_left_out_no_longer_name_it(tmp_path, tiny):
+    fails = f'[[make]]\nout = "{tmp_path}/int8"\nrun = "kiln quantize ${{W}}/missing -o {{out}}"\nmay_fail = true\n'
+    head = (f'[vars]\nW = "{tmp_path}"\n{fails}[[candidate]]\nartifact = "{tiny}"\nlabel = "tiny"\n'
+            '[[candidate]]\nartifact = "${W}/int8"\nlabel = "int8"\n')
+    body = ('[sweep]\nbatch_sizes = [1]\ncandidates = ["tiny", "int8"]\n'
+            '[[data]]\nsource = "d.csv"\nname = "only int8"\ncandidates = ["int8"]\n'
+            '[[data]]\nsource = "d.csv"\nname = "both"\ncandidates = ["tiny", "int8"]\n')
+    path = tmp_path / "s.toml"
+    path.write_text(head + body)
+    plan, _ = load(path)
+    assert plan.sweep.candidates == ("tiny",) and [(d.name, d.candidates) for d in plan.passes] == [("both", ("tiny",))]
+
+    path.write_text(head + body.replace('name = "both"', 'name = "both"\nreference = "int8"'))
+    with pytest.raises(ConfigError, match="data pass 'both''s reference 'int8' could not be made: artifact .* does not"):
+        load(path)
+    path.write_text(head + body + '[report]\nbaseline = ["tiny", "int8"]\n')
+    with pytest.raises(ConfigError, match=r"\[report\] baseline 'int8' could not be made: artifact"):
+        load(path)

@@ -282,6 +282,40 @@ def kept_candidates(artifacts: Sequence[Path], labels: Sequence[str], made: list
     return kept
 
 
+def leave_out(made: list[dict[str, Any]], labels: Sequence[str], kept: Sequence[int], sweep: Any, data: Any,
+              report: dict[str, Any], where: str) -> tuple[Any, Any]:
+    """The sweep and data passes without the candidates left out (a list naming only those drops its sweep or
+    pass: an empty list would mean every candidate). A left-out reference or [report] baseline is an error:
+    the rows would silently lose what they are compared with."""
+    import dataclasses
+
+    gone = {labels[i] for i in range(len(labels)) if i not in kept}
+    left = {labels[i] for i in kept}
+    why = {label: r["error"] for r in made for label in r.get("dropped", [])}
+
+    def narrowed(config: Any, what: str) -> Any:
+        if getattr(config, "reference", "") in gone:
+            raise ConfigError(f"{where}: {what}'s reference {config.reference!r} could not be made: "
+                              f"{why[config.reference]}")
+        if not config.candidates or not gone & set(config.candidates):
+            return config
+        if not left & set(config.candidates):
+            return None  # it measured only candidates left out
+        return dataclasses.replace(config, candidates=tuple(c for c in config.candidates if c not in gone))
+
+    baselines = report.get("baseline") or []
+    for b in [baselines] if isinstance(baselines, str) else baselines:
+        if b in gone:
+            raise ConfigError(f"{where}: [report] baseline {b!r} could not be made: {why[b]}")
+    if sweep is not None:
+        sweep = narrowed(sweep, "[sweep]")
+    if isinstance(data, (list, tuple)):
+        data = tuple(p for p in (narrowed(d, f"data pass {d.name!r}") for d in data) if p is not None) or None
+    elif data is not None:
+        data = narrowed(data, "[data]")
+    return sweep, data
+
+
 def made_markdown(config: dict[str, Any]) -> list[str]:
     """The report's "How the artifacts were made": each command with its status (a failure with its reason), as
     lines for render.markdown(); nothing when the suite had no [[make]] steps."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.harness.candidates import Candidate, Peer
-from benchmarks.harness.make import kept_candidates, parse_steps, run_steps, with_vars
+from benchmarks.harness.make import kept_candidates, leave_out, parse_steps, run_steps, with_vars
 from benchmarks.harness.peers import DEFAULT_PEER_PYTHON
 from benchmarks.harness.realdata import DataConfig
 from benchmarks.harness.run import BenchPlan
@@ -185,7 +185,9 @@ def _load_suite(name: str, progress: Callable[[str], None] | None) -> tuple[Benc
             PREPARE[key](rooted(folder))
     made = run_steps(steps, ROOT, f"suite {path}", progress)
     kept = kept_candidates([c.artifact for c in cands], [c.label for c in cands], made, ROOT, f"suite {path}")
-    cands = [cands[i] for i in kept]
+    if len(kept) < len(cands):  # the sweep, passes and baseline that name a candidate left out no longer do
+        sweep, data = leave_out(made, [c.label for c in cands], kept, sweep, data, said, f"suite {path}")
+        cands = [cands[i] for i in kept]
     for b in [said["baseline"]] if isinstance(said.get("baseline", []), str) else said.get("baseline", []):
         if b not in [c.label for c in cands]:
             raise ConfigError(f"suite {path}: [report] baseline {b!r} is no candidate's label; valid: "
