@@ -83,8 +83,12 @@ def test_the_optimum_intel_kinds_and_their_calibration_settings(tmp_path):
     p = Peer("optimum-intel-int8", tmp_path, "py")
     assert (p.calib_data, p.calib_samples) == ("movie-snippets:dev", 300)
     assert Peer("optimum-intel-fp32", tmp_path, "py").label == "peer:optimum-intel-fp32"
-    with pytest.raises(ConfigError, match="peer kind optimum-int8 does not calibrate, but calib_data = 'x'"):
+    with pytest.raises(ConfigError, match=r"peer kind optimum-int8 does not calibrate, but calib_data/calib_samples "
+                                          r"\('x', None\) were given; calibrated kinds: optimum-intel-int8"):
         Peer("optimum-int8", tmp_path, "py", calib_data="x")
+    with pytest.raises(ConfigError, match="does not calibrate"):
+        Peer("optimum-intel-fp32", tmp_path, "py", calib_samples=10)
+    assert Peer("optimum-int8", tmp_path, "py").calib_samples is None
     with pytest.raises(ConfigError, match="calib_samples must be an integer >= 1, got 0"):
         Peer("optimum-intel-int8", tmp_path, "py", calib_samples=0)
     # a seeded sample of the file's texts, the same each time; more asked than there are: all of them
@@ -156,3 +160,29 @@ def test_a_failed_make_leaves_nothing_to_reuse(tmp_path):
     with pytest.raises(RuntimeError):
         server.made_once(tmp_path, "optimum-int8", "k", broken)
     assert list((tmp_path / "optimum-int8").iterdir()) == []
+
+
+def test_a_suite_names_the_optimum_intel_peers_and_their_calibration(tmp_path):
+    from benchmarks.harness.suites import load_suite
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'''[[candidate]]
+artifact = "{tmp_path}"
+[data]
+source = "movie-snippets:test"
+[[peer]]
+kind = "optimum-intel-int8"
+model = "{tmp_path}"
+python = "/envs/intel/bin/python"
+calib_data = "movie-snippets:train"
+calib_samples = 50
+[[peer]]
+kind = "optimum-int8"
+model = "{tmp_path}"
+python = "/envs/ort/bin/python"
+''')
+    plan, _ = load_suite(str(suite))
+    intel, ort = plan.peers
+    assert (intel.kind, intel.calib_data, intel.calib_samples, intel.python) == \
+        ("optimum-intel-int8", "movie-snippets:train", 50, "/envs/intel/bin/python")
+    assert (ort.python, ort.calib_samples) == ("/envs/ort/bin/python", None)
