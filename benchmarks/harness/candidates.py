@@ -8,7 +8,12 @@ from typing import Any
 
 from runtime.errors import ConfigError
 
-PEER_KINDS = ("transformers-eager", "optimum-fp32", "optimum-int8")
+PEER_KINDS = ("transformers-eager", "optimum-fp32", "optimum-int8", "optimum-intel-fp32", "optimum-intel-int8")
+# the kinds that calibrate on texts, and the texts benchmarks/runs/openvino_table.py gave optimum-intel's
+# OVQuantizer (a seeded sample of 300 dev sentences), so the suite's numbers stay comparable with its table
+CALIBRATED_KINDS = ("optimum-intel-int8",)
+DEFAULT_CALIB_DATA = "movie-snippets:dev"
+DEFAULT_CALIB_SAMPLES = 300
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,25 @@ class Peer:
     batch_size: int = 32
     label: str = ""
     work_dir: Path | None = None  # where optimum writes its exported / quantized models
+    calib_data: str = ""  # a calibrated kind's texts: a file or NAME:SPLIT, read on Kiln's side and sent over
+    calib_samples: int | None = None  # how many of them (a seeded sample, as openvino_table.py draws)
 
     def __post_init__(self) -> None:
         if self.kind not in PEER_KINDS:
             raise ConfigError(f"peer kind must be one of {', '.join(PEER_KINDS)}, got {self.kind!r}")
         if self.batch_size < 1:
             raise ConfigError(f"peer batch_size must be >= 1, got {self.batch_size}")
+        if self.kind not in CALIBRATED_KINDS:  # the report's config must not suggest a calibration that never ran
+            if self.calib_data or self.calib_samples is not None:
+                raise ConfigError(f"peer kind {self.kind} does not calibrate, but calib_data/calib_samples "
+                                  f"({self.calib_data!r}, {self.calib_samples!r}) were given; calibrated kinds: "
+                                  f"{', '.join(CALIBRATED_KINDS)}")
+        else:
+            samples = DEFAULT_CALIB_SAMPLES if self.calib_samples is None else self.calib_samples
+            if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+                raise ConfigError(f"peer calib_samples must be an integer >= 1, got {samples!r}")
+            object.__setattr__(self, "calib_samples", samples)
+            object.__setattr__(self, "calib_data", str(self.calib_data or DEFAULT_CALIB_DATA))
         object.__setattr__(self, "model", Path(self.model))
         if not self.label:
             object.__setattr__(self, "label", f"peer:{self.kind}")

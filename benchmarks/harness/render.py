@@ -111,8 +111,12 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     gpus = "; ".join(env.get("gpus") or []) or "none"
     lines = [f"- CPU: {env['cpu']}, {env['cpu_count']} cores, flags {' '.join(env['cpu_flags']) or 'none'}",
              f"- GPU: {gpus}", f"- Kiln {env['kiln']}; {libs}"]
-    if env.get("peer_versions"):  # the peers' own environment (benchmarks/peer/README.md)
-        lines.append("- Peers' environment: " + ", ".join(f"{k} {v}" for k, v in env["peer_versions"].items()))
+    peers = env.get("peer_versions") or {}  # the peers' own environment(s) (benchmarks/peer/README.md)
+    if peers and all(isinstance(v, dict) for v in peers.values()):  # several: {python: versions}
+        lines += [f"- Peers' environment {python}: " + ", ".join(f"{k} {v}" for k, v in vs.items())
+                  for python, vs in peers.items()]
+    elif peers:
+        lines.append("- Peers' environment: " + ", ".join(f"{k} {v}" for k, v in peers.items()))
     return lines
 
 

@@ -97,11 +97,10 @@ def plan_config(plan: BenchPlan) -> dict[str, Any]:
 def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -> dict[str, Any]:
     """Run the plan; return the report (schema_version'd, validated)."""
     env = capture_environment()
-    if plan.peers:
-        from benchmarks.harness.peers import peer_python
+    if plan.peers:  # a missing peer environment or library fails before any timing
+        from benchmarks.harness.peers import check_peers
 
-        for peer in plan.peers:
-            peer_python(peer.python)
+        check_peers(plan.peers)
     results = run_sweep(chosen(plan.candidates, plan.sweep.candidates), plan.sweep, progress) if plan.sweep else []
     data_rows: list[dict[str, Any]] = []
     for i, cfg in enumerate(plan.passes):
@@ -110,18 +109,18 @@ def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -
         peers = chosen(plan.peers, cfg.candidates)
         client = None
         if peers:
-            from benchmarks.harness.peers import PeerClient, peer_python
+            from benchmarks.harness.peers import PeerClients
 
-            python = peer_python(peers[0].python)  # a missing peer environment fails before any timing
-            client = lambda: PeerClient(python)  # noqa: E731
+            client = lambda peers=peers: PeerClients(peers)  # noqa: E731  (one server per peer Python)
         rows = run_data(chosen(plan.candidates, cfg.candidates), cfg, peers, client, progress)
         if len(plan.passes) > 1:  # rows of different passes are told apart (reports, gates) by their pass
             rows = [r | {"pass": cfg.name} for r in rows]
         data_rows += rows
     if data_rows:
-        peer_versions = next((r.get("versions") for r in data_rows if r.get("versions")), None)
-        if peer_versions:
-            env["peer_versions"] = peer_versions
+        from benchmarks.harness.peers import peer_versions
+
+        if peer_versions(data_rows):
+            env["peer_versions"] = peer_versions(data_rows)
     report = {"schema_version": SCHEMA_VERSION, "kind": KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "command": command, "environment": env, "config": plan_config(plan), "results": results,
               "data_results": data_rows, "peak_rss_mb": rss_mb()[1]}

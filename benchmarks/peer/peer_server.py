@@ -4,7 +4,7 @@ in JSON lines by benchmarks/harness/peers.py. It imports nothing from Kiln: the 
 Requests (one JSON object per line) and answers (one line each; logs go to stderr, never stdout):
   {"op": "versions"}                                  -> {"ok": true, "versions": {...}}
   {"op": "texts", "texts": [...], "batch_size": 32}   -> {"ok": true, "n": N}
-  {"op": "load", "label": L, "kind": K, "model": DIR, "work_dir": DIR|null}
+  {"op": "load", "label": L, "kind": K, "model": DIR, "work_dir": DIR|null, "calib_texts": [...]|null}
                                                        -> {"ok": true, "info": {...}}
   {"op": "run", "label": L}                           -> {"ok": true, "labels": [...], "batch_ms": [...]}
   {"op": "quit"}
@@ -12,19 +12,28 @@ A failure answers {"ok": false, "error": "..."} and the server keeps serving.
 
 Kinds: transformers-eager (transformers.pipeline over the PyTorch model), optimum-fp32
 (ORTModelForSequenceClassification exported from the checkpoint), optimum-int8 (optimum's O2 graph
-optimization + ORTQuantizer avx512_vnni dynamic int8: the recipe in optimum_peer.py). Each runs in a
-transformers text-classification pipeline, batch_size texts per call, tokenization included.
+optimization + ORTQuantizer avx512_vnni dynamic int8: the recipe in optimum_peer.py), optimum-intel-fp32
+(OVModelForSequenceClassification exported from the checkpoint: OpenVINO fp32), optimum-intel-int8 (OVQuantizer
+NNCF int8 calibrated on calib_texts: the recipe in optimum_intel_peer.py). Each runs in a transformers
+text-classification pipeline, batch_size texts per call, tokenization included. The optimum kinds need
+requirements.txt's environment, the optimum-intel kinds requirements-intel.txt's. Quantized models are made
+once into work_dir, in a folder named after a hash of the model's files (and the calibration texts), so a
+different model or calibration set never reuses a stale one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
 import sys
 import time
 import traceback
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 PIPES: dict[str, Any] = {}
 STATE: dict[str, Any] = {"texts": [], "batch_size": 32}
@@ -32,7 +41,8 @@ STATE: dict[str, Any] = {"texts": [], "batch_size": 32}
 
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
-    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "tokenizers", "numpy"):
+    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "optimum-intel", "openvino",
+                 "nncf", "tokenizers", "numpy"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -40,26 +50,69 @@ def versions() -> dict[str, str]:
     return out
 
 
-def optimum_int8_file(model: Path, work_dir: Path) -> Path:
-    """optimum's O2 + avx512_vnni dynamic int8 model, made once per work_dir (optimum_peer.py's recipe).
-    ORTQuantizer names it after its input: model_optimized_quantized.onnx."""
-    out = work_dir / "optimum-int8"
-    made = sorted(out.glob("*quantized.onnx"))
-    if not made:
-        import subprocess
+def cache_key(model: Path, calib_texts: list[str] | None = None) -> str:
+    """What a made model depends on: the checkpoint's files (names and bytes) and the calibration texts."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(model).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(model)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    if calib_texts is not None:
+        h.update(json.dumps(calib_texts).encode())
+    return h.hexdigest()[:16]
 
-        subprocess.run([sys.executable, str(Path(__file__).with_name("optimum_peer.py")), str(model), str(out)],
-                       check=True, stdout=sys.stderr)
-        made = sorted(out.glob("*quantized.onnx"))
+
+def made_once(work_dir: Path, name: str, key: str, make: Callable[[Path], None]) -> Path:
+    """work_dir/name/key, made by make(staging folder) on first use; the staging folder is renamed into place
+    only when make returns, so a crash leaves nothing a later run would mistake for a made model."""
+    out = work_dir / name / key
+    if out.is_dir():
+        return out
+    stage = out.with_name(f".{key}.{os.getpid()}.tmp")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        make(stage)
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def recipe(script: str, *args: str) -> None:
+    """One of this folder's recipes in this Python; its output goes to stderr (stdout is the protocol)."""
+    subprocess.run([sys.executable, str(Path(__file__).with_name(script)), *args], check=True, stdout=sys.stderr)
+
+
+def optimum_int8_file(model: Path, work_dir: Path) -> Path:
+    """optimum's O2 + avx512_vnni dynamic int8 model, made once per model in work_dir (optimum_peer.py's recipe).
+    ORTQuantizer names it after its input: model_optimized_quantized.onnx."""
+    out = made_once(work_dir, "optimum-int8", cache_key(model), lambda d: recipe("optimum_peer.py", str(model), str(d)))
+    made = sorted(out.glob("*quantized.onnx"))
     if not made:
         raise FileNotFoundError(f"optimum_peer.py wrote no *quantized.onnx into {out}")
     return made[0]
 
 
-def load(label: str, kind: str, model: str, work_dir: str | None) -> dict[str, Any]:
+def optimum_intel_int8_dir(model: Path, work_dir: Path, calib_texts: list[str]) -> Path:
+    """optimum-intel's OVQuantizer int8 model (optimum_intel_peer.py's recipe, calibrated on calib_texts), made
+    once per model and calibration set in work_dir."""
+    def make(d: Path) -> None:
+        (d / "calib.json").write_text(json.dumps(calib_texts))
+        recipe("optimum_intel_peer.py", str(model), str(d), str(d / "calib.json"))
+
+    out = made_once(work_dir, "optimum-intel-int8", cache_key(model, calib_texts), make) / "ov-int8"
+    if not (out / "openvino_model.xml").is_file():
+        raise FileNotFoundError(f"optimum_intel_peer.py wrote no openvino_model.xml into {out}")
+    return out
+
+
+def load(label: str, kind: str, model: str, work_dir: str | None, calib_texts: list[str] | None = None) -> dict[str, Any]:
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(model)
+    work = Path(work_dir or Path(model).parent / "peer-work")
     if kind == "transformers-eager":
         net = transformers.AutoModelForSequenceClassification.from_pretrained(model).eval()
         engine = "torch eager"
@@ -70,9 +123,20 @@ def load(label: str, kind: str, model: str, work_dir: str | None) -> dict[str, A
             net = ORTModelForSequenceClassification.from_pretrained(model, export=True)
             engine = "onnxruntime fp32 (optimum export)"
         else:
-            qfile = optimum_int8_file(Path(model), Path(work_dir or Path(model).parent / "peer-work"))
+            qfile = optimum_int8_file(Path(model), work)
             net = ORTModelForSequenceClassification.from_pretrained(qfile.parent, file_name=qfile.name)
             engine = "onnxruntime int8 (optimum O2 + avx512_vnni dynamic)"
+    elif kind in ("optimum-intel-fp32", "optimum-intel-int8"):
+        from optimum.intel import OVModelForSequenceClassification
+
+        if kind == "optimum-intel-fp32":
+            net = OVModelForSequenceClassification.from_pretrained(model, export=True)
+            engine = "openvino fp32 (optimum-intel export)"
+        else:
+            if not calib_texts:
+                raise ValueError("optimum-intel-int8 calibrates on texts, and the load request sent none")
+            net = OVModelForSequenceClassification.from_pretrained(optimum_intel_int8_dir(Path(model), work, calib_texts))
+            engine = f"openvino int8 (optimum-intel OVQuantizer, NNCF, {len(calib_texts)} calibration texts)"
     else:
         raise ValueError(f"unknown peer kind {kind!r}")
     PIPES[label] = transformers.pipeline("text-classification", model=net, tokenizer=tok, device=-1)
@@ -101,7 +165,8 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
         STATE["texts"], STATE["batch_size"] = list(req["texts"]), int(req.get("batch_size", 32))
         return {"n": len(STATE["texts"])}
     if op == "load":
-        return {"info": load(req["label"], req["kind"], req["model"], req.get("work_dir")) | {"versions": versions()}}
+        info = load(req["label"], req["kind"], req["model"], req.get("work_dir"), req.get("calib_texts"))
+        return {"info": info | {"versions": versions()}}
     if op == "run":
         return run(req["label"])
     raise ValueError(f"unknown op {op!r}")
