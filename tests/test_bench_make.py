@@ -241,3 +241,12 @@ def test_the_sweep_passes_and_baseline_naming_a_candidate_left_out_no_longer_nam
     path.write_text(head + body + '[report]\nbaseline = ["tiny", "int8"]\n')
     with pytest.raises(ConfigError, match=r"\[report\] baseline 'int8' could not be made: artifact"):
         load(path)
+
+
+def test_a_bad_output_folder_is_said_before_any_step_runs(tmp_path, tiny):
+    """Making can take minutes: -o (and the rest of the command) is checked first, and nothing is made."""
+    path = suite(tmp_path, tiny, [{"out": f"{tmp_path}/int8", "run": QUANTIZE}])
+    (tmp_path / "afile").write_text("x")
+    r = run("bench", "--suite", path, "-o", tmp_path / "afile")
+    assert r.exit_code != 0 and "is a file; give a folder for the report" in r.output
+    assert not (tmp_path / "int8").exists()

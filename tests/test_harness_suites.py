@@ -44,12 +44,17 @@ def test_prepare_names_a_known_builder(tmp_path):
     assert "prepare is a table NAME = \"folder\" with NAME one of ci-model" in r.output
 
 
-@pytest.mark.parametrize("name", ["ci", "release", "peers"])
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks" / "suites").glob("*.toml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_suite_parses(name, monkeypatch):
+    """Read and checked without making or measuring anything (make=False: no [[make]] step or prepare runs)."""
     from benchmarks.harness.suites import load_suite
 
     monkeypatch.setenv("KILN_PEER_PYTHON", "/nonexistent/python")
-    plan, settings = load_suite(name)
+    monkeypatch.setenv("KILN_SUITE_WORK", "/nonexistent/work")
+    plan, settings = load_suite(name, make=False)
     assert plan.candidates and settings["name"] == name
     assert (plan.sweep is not None) or (plan.data is not None)
     if name == "peers":

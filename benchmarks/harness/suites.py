@@ -103,11 +103,13 @@ def build(cls: type, table: dict[str, Any], where: str, **fixed: Any) -> Any:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def load_suite(name: str, progress: Callable[[str], None] | None = None) -> tuple[BenchPlan, dict[str, Any]]:
+def load_suite(name: str, progress: Callable[[str], None] | None = None,
+               make: bool = True) -> tuple[BenchPlan, dict[str, Any]]:
     """The plan a suite describes, and its settings (out, gate); a value of the wrong shape is one line. Its
-    [[make]] steps run here (progress: one line per step, and the steps' own progress unless it is quiet)."""
+    `prepare` and [[make]] steps run here (progress: one line per step, and the steps' own progress unless it is
+    quiet); make=False only reads and checks the file (before minutes of making, or to list what it would run)."""
     try:
-        return _load_suite(name, progress)
+        return _load_suite(name, progress, make)
     except KilnError:
         raise
     except (TypeError, ValueError, AttributeError, KeyError) as e:
@@ -115,7 +117,7 @@ def load_suite(name: str, progress: Callable[[str], None] | None = None) -> tupl
                           "see benchmarks/harness/suites.py for the format") from None
 
 
-def _load_suite(name: str, progress: Callable[[str], None] | None) -> tuple[BenchPlan, dict[str, Any]]:
+def _load_suite(name: str, progress: Callable[[str], None] | None, make: bool) -> tuple[BenchPlan, dict[str, Any]]:
     import tomllib
 
     path = suite_path(name)
@@ -170,6 +172,10 @@ def _load_suite(name: str, progress: Callable[[str], None] | None) -> tuple[Benc
     for i, p in enumerate(raw.get("peer", [])):
         p = dict(p)
         p.setdefault("python", os.environ.get("KILN_PEER_PYTHON") or DEFAULT_PEER_PYTHON)
+        if isinstance(p["python"], str) and "/" in p["python"]:  # a path (relative: to the repository root)
+            p["python"] = str(rooted(p["python"]))
+        if isinstance(p.get("calib_data"), str) and not NAMED_DATA.match(p["calib_data"]):
+            p["calib_data"] = str(rooted(p["calib_data"]))
         p["model"] = rooted(p.get("model", ""))
         if p.get("work_dir"):
             p["work_dir"] = rooted(p["work_dir"])
@@ -181,9 +187,9 @@ def _load_suite(name: str, progress: Callable[[str], None] | None) -> tuple[Benc
         if not isinstance(prepare, dict) or any(k not in PREPARE or not isinstance(v, str) for k, v in prepare.items()):
             raise ConfigError(f"suite {path}: prepare is a table NAME = \"folder\" with NAME one of "
                               f"{', '.join(PREPARE)}; got {prepare!r}")
-        for key, folder in prepare.items():
+        for key, folder in prepare.items() if make else ():
             PREPARE[key](rooted(folder))
-    made = run_steps(steps, ROOT, f"suite {path}", progress)
+    made = run_steps(steps, ROOT, f"suite {path}", progress) if make else []
     kept = kept_candidates([c.artifact for c in cands], [c.label for c in cands], made, ROOT, f"suite {path}")
     if len(kept) < len(cands):  # the sweep, passes and baseline that name a candidate left out no longer do
         sweep, data = leave_out(made, [c.label for c in cands], kept, sweep, data, said, f"suite {path}")

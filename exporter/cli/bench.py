@@ -107,8 +107,7 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         if backend_options:
             raise ConfigError("--backend-option applies to ARTIFACTS; a suite sets each candidate's options in its "
                               "file (options = {static_cache = 4})")
-        plan, settings = load_suite(suite, progress)  # runs its [[make]] steps
-        check_paths(settings)  # a missing artifact names the KILN_* variable the suite reads for it
+        plan, settings = load_suite(suite, make=False)  # read and checked now; its [[make]] steps run below
         if out is None:  # the suite's own folder: a rerun replaces its report there (an -o you name needs --force)
             out, force = settings["out"], True
         name = settings["name"]
@@ -145,6 +144,9 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
         check_plotting()
         claim = prepare_out_dir(Path(out), force, name)
     try:
+        if suite:  # after -o and --baseline are known good: making artifacts can take minutes
+            plan, settings = load_suite(suite, progress)
+            check_paths(settings)  # a missing artifact names the KILN_* variable the suite reads for it
         report = run_bench(plan, command_line(click.get_current_context()), progress)
         if out:
             from benchmarks.harness.render import write_outputs
