@@ -1,10 +1,12 @@
 """A stand-in for benchmarks/peer/peer_server.py in tests: the same JSON-lines protocol, no model, answers in
 microseconds. Run as `python fake_peer_server.py NAME [-u SERVER]` (a wrapper script plays a peer Python named
-NAME); asked `-c CODE MODULES...` (the harness's check of which peer libraries it lacks), it lacks none."""
+NAME); asked `-c CODE MODULES...` (the harness's check of which peer libraries it lacks), it lacks none. Asked to
+load with model_file, it names the model.onnx in the peer's model folder (a test's tiny ONNX) as the model it made."""
 
 import json
 import sys
 import time
+from pathlib import Path
 
 NAME = sys.argv[1]
 
@@ -31,6 +33,9 @@ def main() -> None:
             answer = {"info": {"runtime": f"fake pipeline in {NAME}", "backend": f"fake {req['kind']}",
                                "model": req["model"], "calib_texts": len(calib) if calib else 0,
                                "versions": {"env": NAME}}}
+            made = Path(req["model"]) / "model.onnx"  # the "made" model: the ONNX file in the peer's model folder
+            if req.get("model_file") and made.is_file():
+                answer["info"] |= {"model_path": str(made), "model_format": "onnx"}
         elif op == "run":
             # the label follows the adjective, as in tests/conftest.py sentiment_rows
             pos = ("good", "great", "fun", "beautiful")

@@ -12,6 +12,8 @@ PEER_KINDS = ("transformers-eager", "optimum-fp32", "optimum-int8", "optimum-int
 # the kinds that calibrate on texts, and the texts benchmarks/runs/openvino_table.py gave optimum-intel's
 # OVQuantizer (a seeded sample of 300 dev sentences), so the suite's numbers stay comparable with its table
 CALIBRATED_KINDS = ("optimum-intel-int8",)
+# the kinds whose model is a file Kiln's sweep can open (transformers-eager runs PyTorch eager: there is no file)
+SWEEP_KINDS = ("optimum-fp32", "optimum-int8", "optimum-intel-fp32", "optimum-intel-int8")
 DEFAULT_CALIB_DATA = "movie-snippets:dev"
 DEFAULT_CALIB_SAMPLES = 300
 
@@ -45,6 +47,11 @@ class Peer:
     work_dir: Path | None = None  # where optimum writes its exported / quantized models
     calib_data: str = ""  # a calibrated kind's texts: a file or NAME:SPLIT, read on Kiln's side and sent over
     calib_samples: int | None = None  # how many of them (a seeded sample, as openvino_table.py draws)
+    # sweep: also time the peer's model alone in the latency sweep (label "LABEL (model)"), opened by Kiln with
+    # the same feeds and loop as its own candidates; like: the candidate label whose artifact lends the wrapped
+    # model its tokenizer, input/output specs and labels (default: the plan's first candidate)
+    sweep: bool = False
+    like: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in PEER_KINDS:
@@ -62,6 +69,14 @@ class Peer:
                 raise ConfigError(f"peer calib_samples must be an integer >= 1, got {samples!r}")
             object.__setattr__(self, "calib_samples", samples)
             object.__setattr__(self, "calib_data", str(self.calib_data or DEFAULT_CALIB_DATA))
+        if not isinstance(self.sweep, bool):
+            raise ConfigError(f"peer sweep is true or false, got {self.sweep!r}")
+        if self.sweep and self.kind not in SWEEP_KINDS:
+            raise ConfigError(f"peer kind {self.kind} has no model file to time in the sweep (it runs PyTorch eager); "
+                              f"sweep = true needs one of {', '.join(SWEEP_KINDS)}")
+        if self.like and not self.sweep:  # the report's config must not suggest a wrapped model that never ran
+            raise ConfigError(f"peer like = {self.like!r} names the artifact lending the peer's model its specs in "
+                              "the sweep, but sweep is not true; set sweep = true or drop like")
         object.__setattr__(self, "model", Path(self.model))
         if not self.label:
             object.__setattr__(self, "label", f"peer:{self.kind}")

@@ -9,10 +9,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from benchmarks.harness.candidates import CALIBRATED_KINDS, Peer
-from runtime.errors import BackendError, ConfigError
+from benchmarks.harness.candidates import CALIBRATED_KINDS, Candidate, Peer
+from runtime.artifact import Artifact
+from runtime.errors import ArtifactError, BackendError, ConfigError
 
 SERVER = Path(__file__).resolve().parents[1] / "peer" / "peer_server.py"
 # the README's place for the peer environment (benchmarks/peer/README.md), inside the checkout's ignored work/
@@ -136,7 +137,9 @@ class PeerClient:
     def load(self, peer: Peer) -> dict[str, Any]:
         info = self.ask({"op": "load", "label": peer.label, "kind": peer.kind, "model": str(peer.model),
                          "work_dir": str(peer.work_dir) if peer.work_dir else None,
-                         "calib_texts": calibration_texts(peer)})["info"]
+                         "calib_texts": calibration_texts(peer),
+                         # the sweep opens the peer's model itself: the server keeps (and names) its file
+                         "model_file": peer.sweep})["info"]
         return info | {"python": self.python}
 
     def run(self, label: str) -> dict[str, Any]:
@@ -178,6 +181,132 @@ class PeerClients:
 
     def run(self, label: str) -> dict[str, Any]:
         return self.by_label[label].run(label)
+
+
+# a peer model's format (the server's info["model_format"]) -> the Kiln artifact format and backend that open it
+MODEL_FORMATS = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "openvino")}
+# the tokenizer files copied when the `like` artifact's manifest does not list its own (meta.tokenizer_files)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+# the `like` artifact's meta keys that describe the model's interface (not how that artifact was made)
+INTERFACE_META = ("model_type", "tokenizer", "tokenizer_files", "labels", "max_length", "pad_token_id", "vocab_size",
+                  "pooling", "normalize")
+
+
+def peer_model_files(src: Path, fmt: str) -> list[Path]:
+    """The file(s) of a peer's model: an ONNX graph (with any external data beside it), or an OpenVINO IR's .xml
+    and .bin."""
+    if not src.is_file():
+        raise ArtifactError(f"the peer's model file {src} does not exist")
+    files = [src] + sorted(f for f in src.parent.glob(src.stem + ".*")
+                           if f != src and f.is_file() and f.suffix in (".bin", ".onnx_data", ".data"))
+    if fmt == "openvino" and src.with_suffix(".bin") not in files:
+        raise ArtifactError(f"the peer's OpenVINO model {src} has no weights file {src.with_suffix('.bin').name} beside it")
+    return files
+
+
+def wrap_peer_model(src: Path, fmt: str, like: Artifact, dst: Path, made: dict[str, Any],
+                    versions: dict[str, str] | None = None, stem: str = "") -> Artifact:
+    """A peer's model file(s) as a Kiln artifact at dst (which must not exist): the files as the peer wrote them,
+    the `like` artifact's tokenizer, input/output specs and labels (the peer was made from the same checkpoint),
+    and one lineage step saying it is a peer's model (made: kind, source, who made it), so a reader of the
+    artifact or a report is not misled. Written into a staging folder beside dst and renamed once, as Kiln's
+    stages write theirs. stem: rename the model's files STEM.SUFFIX (benchmarks/runs/openvino_table.py's peer
+    pipelines read model.onnx); default: their own names."""
+    import shutil
+    import time
+
+    from exporter.staging import make_staging_dir, remove_stale  # stdlib only, as in render.py
+    from runtime.artifact import Step, digest_of, file_sha256, hash_files
+
+    if fmt not in MODEL_FORMATS:
+        raise ArtifactError(f"peer model format {fmt!r} is not one Kiln opens; valid: {', '.join(MODEL_FORMATS)}")
+    started = time.perf_counter()
+    files = peer_model_files(Path(src), fmt)
+    if stem and fmt == "onnx" and len(files) > 1 and Path(src).stem != stem:
+        raise ArtifactError(f"{src} keeps its weights in {files[1].name}, which the graph names: it cannot be "
+                            f"renamed {stem}.onnx")
+    dst = Path(dst).absolute()
+    if dst.exists():
+        raise ArtifactError(f"{dst} exists; the wrapped peer model is written only where nothing is")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(dst.parent)
+    stage = make_staging_dir(dst)
+    try:
+        names = [stem + f.suffix if stem else f.name for f in files]  # an ONNX graph names its external data file
+        for f, name in zip(files, names):
+            shutil.copy2(f, stage / name)
+        tokenizer_files = like.meta.get("tokenizer_files") or [f for f in TOKENIZER_FILES if (like.path / f).is_file()]
+        for name in tokenizer_files:
+            shutil.copy2(like.path / name, stage / name)
+        meta = {k: like.meta[k] for k in INTERFACE_META if k in like.meta} | {"model_file": names[0]}
+        out_files = hash_files(stage)
+        step = Step(stage="peer-model", config={**made, "specs_from": str(like.path.absolute())},
+                    seconds=round(time.perf_counter() - started, 3),
+                    inputs_sha256=digest_of({f.name: file_sha256(f) for f in files}),
+                    outputs_sha256=digest_of(out_files), versions=dict(versions or {}))
+        art = Artifact(stage, MODEL_FORMATS[fmt][0], like.task, like.inputs, like.outputs, (step,), meta, out_files)
+        art.write_manifest()
+        stage.rename(dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return Artifact.load(dst)
+
+
+def peer_model_dir(peer: Peer, src: Path, fmt: str, like: Artifact) -> Path:
+    """Where a peer's wrapped model lives: its work_dir (else beside its checkpoint, as the server's), in a folder
+    named after the peer and a hash of the model's files and the like artifact, so a different model (or specs)
+    is never mistaken for a wrapped one."""
+    import hashlib
+    import re
+
+    from runtime.artifact import digest_of, file_sha256
+
+    h = hashlib.sha256()
+    for f in peer_model_files(src, fmt):
+        h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+    h.update(f"{fmt}\0{like.task}\0{digest_of(like.files)}".encode())
+    work = peer.work_dir or Path(peer.model).parent / "peer-work"
+    return Path(work) / "kiln-models" / f"{re.sub(r'[^A-Za-z0-9.-]+', '-', peer.label)}-{h.hexdigest()[:16]}"
+
+
+def peer_model_candidates(peers: Sequence[Peer], candidates: Sequence[Candidate],
+                          progress: Callable[[str], None] | None = None) -> list[tuple[Candidate, str]]:
+    """Each sweep peer's model as a candidate for the latency sweep only (label "LABEL (model)"), and which
+    library made it: the peer's server makes (or reuses) the model in its own Python and names its file; Kiln
+    wraps the file as an artifact in the peer's work_dir (reused while the model and specs are unchanged)."""
+    say = progress or (lambda m: None)
+    out = []
+    with PeerClients(peers) as clients:
+        for peer in peers:
+            like_label = peer.like or candidates[0].label
+            like = Artifact.load(next(c.artifact for c in candidates if c.label == like_label))
+            say(f"loading peer {peer.label}'s model for the sweep (in {peer.python})")
+            info = clients.load(peer)
+            if not info.get("model_path") or info.get("model_format") not in MODEL_FORMATS:
+                raise BackendError(f"peer {peer.label} ({peer.kind}) named no model file Kiln can open (its answer "
+                                   f"gave model_path={info.get('model_path')!r}, model_format="
+                                   f"{info.get('model_format')!r}); its server is benchmarks/peer/peer_server.py")
+            src, fmt = Path(info["model_path"]), info["model_format"]
+            dst = peer_model_dir(peer, src, fmt, like)
+            try:  # a wrapped model is reused only as it was written
+                art = Artifact.load(dst) if dst.exists() else None
+                changed = art.verify() if art is not None else []
+                if changed:
+                    raise ArtifactError(f"{dst}: files changed since it was wrapped: {', '.join(changed)}")
+            except ArtifactError as e:
+                raise ArtifactError(f"{e}; remove {dst} to wrap the peer's model again") from None
+            if art is None:
+                made = {"peer": peer.label, "kind": peer.kind, "source": str(src), "checkpoint": str(peer.model),
+                        "made_by": str(info.get("backend", peer.kind))}
+                art = wrap_peer_model(src, fmt, like, dst, made, info.get("versions"))
+                say(f"wrapped {peer.label}'s model as a Kiln artifact: {dst}")
+            backend = MODEL_FORMATS[fmt][1]
+            # optimum-intel runs its models on dynamic shapes: no static batch-1 copy Kiln's OpenVINO path would add
+            options = {"static_batch": 0} if backend == "openvino" else {}
+            out.append((Candidate(art.path, backend, "cpu", options, f"{peer.label} (model)"),
+                        f"{peer.kind}: {info.get('backend', peer.kind)}"))
+    return out
 
 
 def peer_versions(data_rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:

@@ -141,7 +141,9 @@ def markdown(report: dict[str, Any], md: bool = True) -> str:
                   "spread is the range of the round medians over the median (NOISY above "
                   f"{100 * cfg.get('noisy_spread', 0.1):.0f}%). Image models take one fixed input size: their "
                   "input column names it instead of a sequence length.", "",
-                  table(latency_ratios(flagged(report["results"]), baseline), LATENCY_COLUMNS + baseline_cols,
+                  table(latency_ratios(flagged(report["results"]), baseline), LATENCY_COLUMNS + baseline_cols
+                        # a peer's model timed in the sweep (sweep = true): the library and recipe that made it
+                        + (["made_by"] if any(r.get("made_by") for r in report["results"]) else []),
                         markdown=md), ""]
     for rows in data_groups(report["data_results"]):
         lines += data_section(rows, baseline, md)

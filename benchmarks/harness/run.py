@@ -34,6 +34,14 @@ class BenchPlan:
             raise ConfigError("nothing to measure: give a latency sweep, --data, or both")
         if self.peers and not self.passes:
             raise ConfigError("peers run end to end on labelled data: give --data (e.g. movie-snippets:test)")
+        for peer in self.peers:
+            if peer.sweep and self.sweep is None:
+                raise ConfigError(f"peer {peer.label} has sweep = true, but the plan has no latency sweep to time its "
+                                  "model in; add a [sweep] (or --batch/--seq-len) or drop sweep = true")
+            if peer.like and peer.like not in [c.label for c in self.candidates]:
+                raise ConfigError(f"peer {peer.label}: like = {peer.like!r} is no candidate's label (the artifact that "
+                                  f"lends its model tokenizer and specs); valid: "
+                                  f"{', '.join(c.label for c in self.candidates)}")
         labels = [c.label for c in self.candidates] + [p.label for p in self.peers]
         names = [d.name for d in self.passes]
         if len(set(names)) != len(names):
@@ -101,7 +109,7 @@ def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -
         from benchmarks.harness.peers import check_peers
 
         check_peers(plan.peers)
-    results = run_sweep(chosen(plan.candidates, plan.sweep.candidates), plan.sweep, progress) if plan.sweep else []
+    results = sweep_with_peer_models(plan, progress) if plan.sweep else []
     data_rows: list[dict[str, Any]] = []
     for i, cfg in enumerate(plan.passes):
         if len(plan.passes) > 1 and progress:
@@ -125,6 +133,23 @@ def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -
               "command": command, "environment": env, "config": plan_config(plan), "results": results,
               "data_results": data_rows, "peak_rss_mb": rss_mb()[1]}
     return validate(report)
+
+
+def sweep_with_peer_models(plan: BenchPlan, progress: Progress | None) -> list[dict[str, Any]]:
+    """The latency sweep, with the model of every peer marked sweep = true timed beside Kiln's candidates (the
+    model alone, same feeds and loop); its rows say which library made it (made_by)."""
+    assert plan.sweep is not None
+    cands = chosen(plan.candidates, plan.sweep.candidates)
+    made_by: dict[str, str] = {}
+    sweep_peers = [p for p in plan.peers if p.sweep]
+    if sweep_peers:
+        from benchmarks.harness.peers import peer_model_candidates
+
+        extra = peer_model_candidates(sweep_peers, plan.candidates, progress)
+        cands += tuple(c for c, _ in extra)
+        made_by = {c.label: by for c, by in extra}
+    rows = run_sweep(cands, plan.sweep, progress)
+    return [r | {"made_by": made_by[r["candidate"]]} if r["candidate"] in made_by else r for r in rows]
 
 
 def chosen(items: Sequence[Any], labels: Sequence[str]) -> tuple[Any, ...]:

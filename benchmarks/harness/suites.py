@@ -11,7 +11,10 @@
     [[data]]       several passes, each such a table (e.g. batch 1 and batch 32); rows say their pass
     [sweep]        ... candidates = [labels] times only those
     [report]       baseline (a candidate label, or a list: "x LABEL" speed ratio columns), notes (text under the title)
-    [[peer]]       kind, model, python, batch_size, label, work_dir
+    [[peer]]       kind, model, python, batch_size, label, work_dir, calib_data, calib_samples,
+                   sweep (true: also time the peer's model alone in [sweep], as "LABEL (model)"; not for
+                   transformers-eager), like (the candidate label whose artifact lends that model its tokenizer,
+                   specs and labels; default the first candidate)
     [gate]         max_latency_regression ("10%"), max_accuracy_drop (points)
     [vars]         NAME = "value" (may use ${ENV}, ${ENV:-default}, earlier vars); ${NAME} anywhere else
     [[make]]       out, run ("kiln quantize ${FP32} --method dynamic-int8 -o {out}"), may_fail (false)
@@ -179,7 +182,10 @@ def _load_suite(name: str, progress: Callable[[str], None] | None, make: bool) -
         p["model"] = rooted(p.get("model", ""))
         if p.get("work_dir"):
             p["work_dir"] = rooted(p["work_dir"])
-        peers.append(build(Peer, p, f"suite {path} peer {i + 1}"))
+        try:
+            peers.append(build(Peer, p, f"suite {path} peer {i + 1}"))
+        except ConfigError as e:  # a peer's own check (kind, calibration, sweep) says which peer of which suite
+            raise ConfigError(e if str(e).startswith(f"suite {path}") else f"suite {path} peer {i + 1}: {e}") from None
     prepare = raw.get("prepare", {})  # artifacts built on first use (benchmarks/harness/ci_model.py)
     if prepare:
         from benchmarks.harness.ci_model import PREPARE

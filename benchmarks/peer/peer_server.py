@@ -4,8 +4,10 @@ in JSON lines by benchmarks/harness/peers.py. It imports nothing from Kiln: the 
 Requests (one JSON object per line) and answers (one line each; logs go to stderr, never stdout):
   {"op": "versions"}                                  -> {"ok": true, "versions": {...}}
   {"op": "texts", "texts": [...], "batch_size": 32}   -> {"ok": true, "n": N}
-  {"op": "load", "label": L, "kind": K, "model": DIR, "work_dir": DIR|null, "calib_texts": [...]|null}
-                                                       -> {"ok": true, "info": {...}}
+  {"op": "load", "label": L, "kind": K, "model": DIR, "work_dir": DIR|null, "calib_texts": [...]|null,
+   "model_file": bool}                                -> {"ok": true, "info": {...}}
+      info has model_path and model_format ("onnx" | "openvino") where the model is a file (the int8 kinds; the
+      fp32 kinds when model_file asks for their export to be saved); the harness's sweep times that file.
   {"op": "run", "label": L}                           -> {"ok": true, "labels": [...], "batch_ms": [...]}
   {"op": "quit"}
 A failure answers {"ok": false, "error": "..."} and the server keeps serving.
@@ -108,40 +110,61 @@ def optimum_intel_int8_dir(model: Path, work_dir: Path, calib_texts: list[str]) 
     return out
 
 
-def load(label: str, kind: str, model: str, work_dir: str | None, calib_texts: list[str] | None = None) -> dict[str, Any]:
+def saved_export(net: Any, kind: str, model: Path, work_dir: Path, file_name: str) -> Path:
+    """An exported (fp32) model saved once per checkpoint into work_dir, so the harness can time the file itself
+    (optimum exports into a temporary folder on each load)."""
+    out = made_once(work_dir, kind, cache_key(model), lambda d: net.save_pretrained(d)) / file_name
+    if not out.is_file():
+        raise FileNotFoundError(f"{type(net).__name__}.save_pretrained wrote no {file_name} into {out.parent}")
+    return out
+
+
+def load(label: str, kind: str, model: str, work_dir: str | None, calib_texts: list[str] | None = None,
+         model_file: bool = False) -> dict[str, Any]:
+    """The peer's pipeline under label. Its info names the model's file (model_path, model_format "onnx" or
+    "openvino") where there is one: the int8 kinds' made models, and the fp32 kinds' exports when model_file
+    asks for them to be saved (the sweep times the model itself); transformers-eager has none."""
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(model)
     work = Path(work_dir or Path(model).parent / "peer-work")
+    path, fmt = None, None
     if kind == "transformers-eager":
         net = transformers.AutoModelForSequenceClassification.from_pretrained(model).eval()
         engine = "torch eager"
     elif kind in ("optimum-fp32", "optimum-int8"):
         from optimum.onnxruntime import ORTModelForSequenceClassification
 
+        fmt = "onnx"
         if kind == "optimum-fp32":
             net = ORTModelForSequenceClassification.from_pretrained(model, export=True)
             engine = "onnxruntime fp32 (optimum export)"
+            path = saved_export(net, kind, Path(model), work, "model.onnx") if model_file else None
         else:
-            qfile = optimum_int8_file(Path(model), work)
-            net = ORTModelForSequenceClassification.from_pretrained(qfile.parent, file_name=qfile.name)
+            path = optimum_int8_file(Path(model), work)
+            net = ORTModelForSequenceClassification.from_pretrained(path.parent, file_name=path.name)
             engine = "onnxruntime int8 (optimum O2 + avx512_vnni dynamic)"
     elif kind in ("optimum-intel-fp32", "optimum-intel-int8"):
         from optimum.intel import OVModelForSequenceClassification
 
+        fmt = "openvino"
         if kind == "optimum-intel-fp32":
             net = OVModelForSequenceClassification.from_pretrained(model, export=True)
             engine = "openvino fp32 (optimum-intel export)"
+            path = saved_export(net, kind, Path(model), work, "openvino_model.xml") if model_file else None
         else:
             if not calib_texts:
                 raise ValueError("optimum-intel-int8 calibrates on texts, and the load request sent none")
-            net = OVModelForSequenceClassification.from_pretrained(optimum_intel_int8_dir(Path(model), work, calib_texts))
+            made = optimum_intel_int8_dir(Path(model), work, calib_texts)
+            net = OVModelForSequenceClassification.from_pretrained(made)
+            path = made / "openvino_model.xml"
             engine = f"openvino int8 (optimum-intel OVQuantizer, NNCF, {len(calib_texts)} calibration texts)"
     else:
         raise ValueError(f"unknown peer kind {kind!r}")
     PIPES[label] = transformers.pipeline("text-classification", model=net, tokenizer=tok, device=-1)
-    return {"runtime": f"transformers.pipeline ({engine})", "backend": engine, "model": model,
+    info = {"runtime": f"transformers.pipeline ({engine})", "backend": engine, "model": model,
             "max_length": int(min(tok.model_max_length, 512))}
+    return info | ({"model_path": str(path), "model_format": fmt} if path else {})
 
 
 def run(label: str) -> dict[str, Any]:
@@ -165,7 +188,8 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
         STATE["texts"], STATE["batch_size"] = list(req["texts"]), int(req.get("batch_size", 32))
         return {"n": len(STATE["texts"])}
     if op == "load":
-        info = load(req["label"], req["kind"], req["model"], req.get("work_dir"), req.get("calib_texts"))
+        info = load(req["label"], req["kind"], req["model"], req.get("work_dir"), req.get("calib_texts"),
+                    bool(req.get("model_file")))
         return {"info": info | {"versions": versions()}}
     if op == "run":
         return run(req["label"])

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness.peers import wrap_peer_model
 from benchmarks.latency import measure_interleaved, token_feed
 from benchmarks.runs.common import model_size_mb, write_results
 from calibration.datasets import load_labelled
@@ -37,7 +38,6 @@ from exporter.quantize import QuantConfig, quantize
 from exporter.quantize_nncf import NncfConfig
 from exporter.stage import quiet
 from runtime import Artifact, TextClassifier
-from runtime.artifact import hash_files
 from runtime.backends.options import OpenVinoOptions
 from runtime.cpu import cpu_info
 
@@ -66,21 +66,12 @@ class Variant:
 
 def wrap_peer(src_dir: Path, model_file: str, ft: Artifact, dst: Path, fmt: str) -> Artifact:
     """A peer's model file(s) as a Kiln artifact with the fine-tuned model's tokenizer and specs, so the model
-    itself is timed under the same harness (the peers' end-to-end pipelines run in their own environment)."""
+    itself is timed under the same harness (the peers' end-to-end pipelines run in their own environment):
+    benchmarks.harness.peers.wrap_peer_model, its files named model.* as peer_e2e.py reads them."""
     if dst.exists():
         shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    stem = Path(model_file).stem
-    for f in src_dir.glob(stem + ".*"):
-        shutil.copy2(f, dst / ("model" + f.suffix))
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        if (ft.path / f).exists():
-            shutil.copy2(ft.path / f, dst / f)
-    model = "model.xml" if fmt == "openvino" else "model.onnx"
-    meta = {**ft.meta, "model_file": model, "tokenizer": "tokenizer.json"}
-    art = Artifact(dst, fmt, ft.task, ft.inputs, ft.outputs, (), meta, hash_files(dst))
-    art.write_manifest()
-    return art
+    made = {"peer": dst.name, "kind": "benchmarks/runs/openvino_table.py peer", "source": str(src_dir / model_file)}
+    return wrap_peer_model(src_dir / model_file, fmt, ft, dst, made, stem="model")
 
 
 def make_peers(peer_python: str, ft: Artifact, calib_texts: list[str], work: Path) -> dict[str, Variant]:
