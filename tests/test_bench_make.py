@@ -250,3 +250,14 @@ def test_a_bad_output_folder_is_said_before_any_step_runs(tmp_path, tiny):
     r = run("bench", "--suite", path, "-o", tmp_path / "afile")
     assert r.exit_code != 0 and "is a file; give a folder for the report" in r.output
     assert not (tmp_path / "int8").exists()
+
+
+def test_a_long_failure_reason_is_cut_in_the_markdown_and_kept_in_the_json():
+    from benchmarks.harness.make import made_markdown
+
+    reason = "cannot parse: " + "; ".join(f"op {i}: no importer" for i in range(60))
+    lines = made_markdown({"make": [{"out": "x", "command": "kiln build a -o x", "status": "failed", "seconds": 1.0,
+                                     "error": reason, "dropped": ["engine"]}]})
+    comment = next(line for line in lines if line.startswith("# FAILED: "))
+    assert len(comment) < 300 and comment.endswith(f"({len(reason)} characters in the JSON)")
+    assert max(len(line) for line in lines) < 700

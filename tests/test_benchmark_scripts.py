@@ -7,8 +7,8 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["prune_table", "quant_table", "serve_table", "profile_ops", "batch_scaling",
-                                    "batch_answers", "reliability", "int8_table", "triton_answers"])
+@pytest.mark.parametrize("module", ["serve_table", "profile_ops", "reliability",
+                                    "triton_answers"])
 def test_recipe_help(module):
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.runs.{module}", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
@@ -31,21 +31,6 @@ def recipe(module, *args, cwd):
     return proc.stdout
 
 
-def test_batch_scaling_recipe_runs(tiny_onnx, tmp_path):
-    from pathlib import Path
-
-    from tests.conftest import sentiment_rows, write_csv
-
-    data = write_csv(tmp_path / "texts.csv", sentiment_rows(16))
-    root = Path(__file__).resolve().parents[1]
-    recipe("batch_scaling", "--artifact", tiny_onnx.path, "--data", data, "--sentences", 16, "--rounds", 1,
-           "--batch-sizes", "1,8", "--overheads", "inf,32", "--threads", 2, "--spinning", "on", "--out", tmp_path,
-           cwd=root)
-    rows = json.loads((tmp_path / "batch-scaling.json").read_text())["rows"]
-    assert [(r["overhead_tokens"], r["batch"]) for r in rows] == [("inf", 1), ("inf", 8), ("32", 1), ("32", 8)]
-    assert all(r["sentences_per_s"] > 0 for r in rows) and rows[0]["vs_batch_1"] == 1.0
-
-
 def test_serve_recipe_runs(tiny_onnx, tmp_path):
     from pathlib import Path
 
@@ -59,22 +44,6 @@ def test_serve_recipe_runs(tiny_onnx, tmp_path):
     assert len(result["rows"]) == 8 and all(r["lost"] == 0 and r["ok"] > 0 for r in result["rows"])
     assert [r["mean_batch"] for r in result["rows"] if "--max-batch-size 1" in r["run"]] == [1.0]
     assert set(result["batching_speedup"]) == {"defaults (spinning)", "--no-spinning", "best on / best off"}
-
-
-def test_batch_answers_recipe_runs(tiny_onnx, tmp_path):
-    from pathlib import Path
-
-    from tests.conftest import sentiment_rows, write_csv
-
-    data = write_csv(tmp_path / "test.csv", sentiment_rows(24))
-    root = Path(__file__).resolve().parents[1]
-    recipe("batch_answers", "--artifact", tiny_onnx.path, "--data", data, "--batch-sizes", "8",
-           "--reference", tiny_onnx.path, "--out", tmp_path, cwd=root)
-    rows = json.loads((tmp_path / "batch-answers.json").read_text())["rows"]
-    assert [(r["batch"], r["overhead_tokens"]) for r in rows] == [(1, "-"), (8, "inf"), (8, "32")]
-    # fp32: padding is masked, so batching changes nothing
-    assert all(r["labels_changed_vs_batch_1"] == 0 and r["labels_differ_from_reference"] == 0 for r in rows)
-    assert all(r["max_abs_prob_diff"] < 1e-5 for r in rows)
 
 
 def test_reliability_recipe_reports_clean_cases(tiny_onnx, tmp_path):

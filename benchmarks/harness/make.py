@@ -316,6 +316,12 @@ def leave_out(made: list[dict[str, Any]], labels: Sequence[str], kept: Sequence[
     return sweep, data
 
 
+def short(text: str, limit: int = 240) -> str:
+    """A failure's reason cut for a report line (a parser can list dozens of errors; the JSON keeps them all)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + f"... ({len(text)} characters in the JSON)"
+
+
 def made_markdown(config: dict[str, Any]) -> list[str]:
     """The report's "How the artifacts were made": each command with its status (a failure with its reason), as
     lines for render.markdown(); nothing when the suite had no [[make]] steps."""
@@ -328,7 +334,7 @@ def made_markdown(config: dict[str, Any]) -> list[str]:
         if step["status"] == "reused":
             when = f" on {step['finished']}" if step.get("finished") else ""
             return f"reused: made{when} by the same command in {step['seconds']:.1f} s"
-        return f"FAILED: {step.get('error', '')}"
+        return f"FAILED: {short(step.get('error', ''))}"
 
     lines = ["## How the artifacts were made", "",
              "Before measuring, these kiln commands (run from the repository root) made the artifacts measured; "
@@ -341,6 +347,6 @@ def made_markdown(config: dict[str, Any]) -> list[str]:
         lines += ["Not measured, because their artifact could not be made:", ""]
         for s in failures:
             who = ", ".join(s.get("dropped") or []) or s["out"]
-            lines.append(f"- {who}: {s.get('error', 'failed')}")
+            lines.append(f"- {who}: {short(s.get('error', 'failed'), 600)}")
         lines.append("")
     return lines
