@@ -261,3 +261,13 @@ def test_a_long_failure_reason_is_cut_in_the_markdown_and_kept_in_the_json():
     comment = next(line for line in lines if line.startswith("# FAILED: "))
     assert len(comment) < 300 and comment.endswith(f"({len(reason)} characters in the JSON)")
     assert max(len(line) for line in lines) < 700
+
+
+def test_a_failing_steps_own_error_line_is_said_once_by_the_bench(tmp_path, capfd):
+    """The step's progress passes through; its `error:` line is held back and said once, in the bench's error."""
+    from benchmarks.harness.make import run_kiln
+    from benchmarks.harness.suites import ROOT
+
+    code, last = run_kiln(["kiln", "export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")], ROOT, quiet=False)
+    err = capfd.readouterr().err
+    assert code != 0 and "does not exist" in last and "error: " not in err

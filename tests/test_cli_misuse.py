@@ -265,10 +265,12 @@ def test_prune_options_left_at_their_defaults_pass(tiny_bert, tmp_path):
 
 def test_a_suite_artifact_that_is_missing_names_the_variable_to_set(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
-    monkeypatch.setenv("KILN_FT_ONNX", str(missing))
+    monkeypatch.setenv("KILN_FT", str(missing))  # the release suite makes its artifacts from this checkpoint
+    monkeypatch.setenv("KILN_SUITE_WORK", str(tmp_path / "work"))
     r = run("bench", "--suite", "release", "-o", tmp_path / "out")
-    one_line_error(r, f"suite release, candidate fp32: artifact {missing} does not exist (KILN_FT_ONNX={missing}); "
-                      "point KILN_FT_ONNX at the artifact")
+    one_line_error(r, f"make step 1 failed (kiln export {missing} -o {tmp_path / 'work'}/quantize/fp32): "
+                      f"source '{missing}' does not exist")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work" / "quantize" / "fp32").exists()
     suite = tmp_path / "s.toml"
     sweep = "[sweep]\nbatch_sizes = [1]\n"
     suite.write_text('[[candidate]]\nartifact = "${KILN_TEST_ART:-benchmarks/work/not-here}"\nlabel = "a"\n' + sweep)

@@ -79,7 +79,7 @@ def test_the_optimum_intel_kinds_and_their_calibration_settings(tmp_path):
     from tests.conftest import sentiment_rows, write_csv
 
     assert {"optimum-intel-fp32", "optimum-intel-int8"} <= set(PEER_KINDS)
-    # openvino_table.py's calibration set by default: 300 movie-snippets dev sentences
+    # the old openvino_table.py's calibration set by default: 300 movie-snippets dev sentences
     p = Peer("optimum-intel-int8", tmp_path, "py")
     assert (p.calib_data, p.calib_samples) == ("movie-snippets:dev", 300)
     assert Peer("optimum-intel-fp32", tmp_path, "py").label == "peer:optimum-intel-fp32"

@@ -66,7 +66,7 @@ def test_answers_do_not_depend_on_batching(ov_int8):
 
 def test_pruned_model_through_nncf_int8_on_openvino(tiny_bert, tmp_path):
     """A structurally pruned model (a layer removed, uneven heads per layer) exports, quantizes with NNCF for
-    OpenVINO and runs there, like the 4-layer pruned MiniLM in benchmarks/runs/openvino_table.py."""
+    OpenVINO and runs there, like the 4-layer pruned MiniLM in benchmarks/suites/openvino.toml."""
     pytest.importorskip("nncf")
     pytest.importorskip("openvino")
     from calibration.datasets import load_labelled

@@ -9,8 +9,8 @@ from typing import Any
 from runtime.errors import ConfigError
 
 PEER_KINDS = ("transformers-eager", "optimum-fp32", "optimum-int8", "optimum-intel-fp32", "optimum-intel-int8")
-# the kinds that calibrate on texts, and the texts benchmarks/runs/openvino_table.py gave optimum-intel's
-# OVQuantizer (a seeded sample of 300 dev sentences), so the suite's numbers stay comparable with its table
+# the kinds that calibrate on texts, and the texts the former openvino_table.py recipe gave optimum-intel's
+# OVQuantizer (a seeded sample of 300 dev sentences), so the openvino suite's peer model is the same one
 CALIBRATED_KINDS = ("optimum-intel-int8",)
 # the kinds whose model is a file Kiln's sweep can open (transformers-eager runs PyTorch eager: there is no file)
 SWEEP_KINDS = ("optimum-fp32", "optimum-int8", "optimum-intel-fp32", "optimum-intel-int8")
@@ -46,7 +46,7 @@ class Peer:
     label: str = ""
     work_dir: Path | None = None  # where optimum writes its exported / quantized models
     calib_data: str = ""  # a calibrated kind's texts: a file or NAME:SPLIT, read on Kiln's side and sent over
-    calib_samples: int | None = None  # how many of them (a seeded sample, as openvino_table.py draws)
+    calib_samples: int | None = None  # how many of them (a seeded sample: seed 0)
     # sweep: also time the peer's model alone in the latency sweep (label "LABEL (model)"), opened by Kiln with
     # the same feeds and loop as its own candidates; like: the candidate label whose artifact lends the wrapped
     # model its tokenizer, input/output specs and labels (default: the plan's first candidate)

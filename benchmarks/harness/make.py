@@ -185,7 +185,8 @@ def run_kiln(argv: Sequence[str], root: Path, quiet: bool) -> tuple[int, str]:
     last = ""
     try:
         for line in proc.stderr:
-            if not quiet:
+            # its progress passes through; its one-line error does not: the bench says it once, naming the step
+            if not quiet and not line.startswith("error: "):
                 sys.stderr.write(line)
                 sys.stderr.flush()
             if line.strip():

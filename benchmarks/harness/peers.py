@@ -78,7 +78,7 @@ def check_peers(peers: Sequence[Peer]) -> None:
 
 def calibration_texts(peer: Peer) -> list[str] | None:
     """A calibrated kind's texts, read on Kiln's side: a seeded sample of calib_samples texts from calib_data,
-    drawn as benchmarks/runs/openvino_table.py draws optimum-intel's (so the two give the same peer model)."""
+    drawn as the former benchmarks/runs/openvino_table.py drew optimum-intel's (so the peer model is the one its table used)."""
     if peer.kind not in CALIBRATED_KINDS:
         return None
     import numpy as np
@@ -210,8 +210,7 @@ def wrap_peer_model(src: Path, fmt: str, like: Artifact, dst: Path, made: dict[s
     the `like` artifact's tokenizer, input/output specs and labels (the peer was made from the same checkpoint),
     and one lineage step saying it is a peer's model (made: kind, source, who made it), so a reader of the
     artifact or a report is not misled. Written into a staging folder beside dst and renamed once, as Kiln's
-    stages write theirs. stem: rename the model's files STEM.SUFFIX (benchmarks/runs/openvino_table.py's peer
-    pipelines read model.onnx); default: their own names."""
+    stages write theirs. stem: rename the model's files STEM.SUFFIX; default: their own names."""
     import shutil
     import time
 
