@@ -38,25 +38,15 @@ def with_vars(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """The suite less its [vars] table, each ${NAME} of a var replaced by the var's value as written (a value may
     use ${ENV}, ${ENV:-default} and earlier vars); ${ENV} is left for suites.expand, so a missing path's error
     still names the environment variable it came from."""
-    from benchmarks.harness.suites import NUMBER, VAR  # suites imports this module: one spelling of ${...}
+    from benchmarks.harness.suites import VAR, substitute  # suites imports this module: one spelling of ${...}
 
     table = raw.get("vars", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [vars] is a table of NAME = \"value\" lines; got {table!r}")
     values: dict[str, str] = {}
 
-    def sub(value: Any) -> Any:
-        if isinstance(value, str):
-            out = VAR.sub(lambda m: values.get(m.group(1), m.group(0)), value)
-            # rounds = "${ROUNDS}" with ROUNDS = 5 is a number, as "${KILN_BENCH_ROUNDS:-5}" is
-            if out != value and not VAR.search(out) and NUMBER.match(out):
-                return float(out) if "." in out else int(out)
-            return out
-        if isinstance(value, list):
-            return [sub(v) for v in value]
-        if isinstance(value, dict):
-            return {k: sub(v) for k, v in value.items()}
-        return value
+    def sub(value: Any) -> Any:  # a var's ${NAME} replaced; any other ${...} left for suites.expand
+        return substitute(value, lambda m: values.get(m.group(1), m.group(0)))
 
     for name, value in table.items():
         if not isinstance(value, (str, int, float)) or isinstance(value, bool) or not VAR.fullmatch(f"${{{name}}}"):

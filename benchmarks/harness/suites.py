@@ -56,24 +56,31 @@ NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
-def expand(value: Any) -> Any:
-    """${VAR} / ${VAR:-default} in strings (recursively); an unset variable without a default is an error."""
+def substitute(value: Any, replace: Any) -> Any:
+    """Every string in a suite value (lists and tables walked) with its ${...} replaced by replace(match); a string
+    that became a number is one (rounds = "${KILN_BENCH_ROUNDS:-5}"; a var ROUNDS = 5 in "${ROUNDS}")."""
     if isinstance(value, str):
-        def sub(m: re.Match[str]) -> str:
-            if m.group(1) in os.environ:
-                return os.environ[m.group(1)]
-            if m.group(2) is None:
-                raise ConfigError(f"suite value {value!r} needs ${m.group(1)}, which is not set")
-            return m.group(2)
-        out = VAR.sub(sub, value)
-        if out != value and NUMBER.match(out):  # rounds = "${KILN_BENCH_ROUNDS:-5}" is a number
+        out = VAR.sub(replace, value)
+        if out != value and not VAR.search(out) and NUMBER.match(out):
             return float(out) if "." in out else int(out)
         return out
     if isinstance(value, list):
-        return [expand(v) for v in value]
+        return [substitute(v, replace) for v in value]
     if isinstance(value, dict):
-        return {k: expand(v) for k, v in value.items()}
+        return {k: substitute(v, replace) for k, v in value.items()}
     return value
+
+
+def expand(value: Any) -> Any:
+    """${VAR} / ${VAR:-default} in strings (recursively); an unset variable without a default is an error."""
+    def env(m: re.Match[str]) -> str:
+        if m.group(1) in os.environ:
+            return os.environ[m.group(1)]
+        if m.group(2) is None:
+            raise ConfigError(f"suite value {m.group(0)!r} needs ${m.group(1)}, which is not set")
+        return m.group(2)
+
+    return substitute(value, env)
 
 
 def rooted(path: str) -> Path:
