@@ -31,7 +31,6 @@ from typing import Any, Iterable
 import numpy as np
 
 from calibration.datasets import LabelledTexts
-from calibration.readers import unpadded
 from exporter.compare import compare, tolerance_for
 from exporter.stage import Progress, atomic_output, copy_sidecars, finish, quiet
 from runtime.artifact import Artifact
@@ -277,8 +276,8 @@ def quantize_nncf(artifact: Artifact, config: Any, out: str | Path, calibration:
                     f"({guard.accuracy_fp32:.4f} -> {guard.accuracy:.4f}); budget {config.max_accuracy_drop} points. "
                     "Calibrate on texts closer to the evaluation data, raise --subset-size, or raise --max-accuracy-drop")
         # real calibration texts (random tokens sit at the decision boundary), padding cut off: outputs at
-        # padding positions mean nothing, and int8 moves them far more than real tokens' (see unpadded)
-        check = list(islice(unpadded(feeds), 16))
+        # padding positions mean nothing, and int8 moves them far more than real tokens' (Family.unpadded)
+        check = list(islice(artifact.family.unpadded(feeds), 16))
         progress(f"validating against the fp32 model on {len(check)} calibration texts, padding removed (int8 tolerances)")
         with open_session(artifact) as ref, open_session(q_art) as cand:
             cmp = compare(ref, cand, check, tolerance_for("int8"))

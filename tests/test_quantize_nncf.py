@@ -108,10 +108,12 @@ def test_bad_input_one_line_each(tiny_onnx, tmp_path, monkeypatch):
 def test_validation_feeds_have_no_padding():
     """int8 moves outputs at padding positions far more than real tokens' (MiniLM: cosine 0.64 vs 0.996), so
     validating on padded calibration feeds failed a good model; validation cuts each row to its real tokens."""
-    from calibration.readers import unpadded
+    from runtime.tasks import families
 
     mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
     feed = {"input_ids": np.arange(8).reshape(2, 4), "attention_mask": mask, "token_type_ids": np.zeros((2, 4), int)}
-    rows = list(unpadded([feed, {"pixel_values": np.ones((2, 3))}]))
+    rows = list(families()["text"].unpadded([feed, {"input_ids": np.ones((2, 3), int)}]))
     assert [r["input_ids"].tolist() for r in rows[:2]] == [[[0, 1, 2]], [[4, 5]]]
-    assert all(r["attention_mask"].all() for r in rows[:2]) and rows[2]["pixel_values"].shape == (2, 3)
+    assert all(r["attention_mask"].all() for r in rows[:2]) and rows[2]["input_ids"].shape == (2, 3)
+    images = {"pixel_values": np.ones((2, 1, 4, 4), np.float32)}  # a family without padding: unchanged
+    assert list(families()["vision"].unpadded([images])) == [images]
