@@ -75,13 +75,58 @@ def test_a_step_is_made_then_reused_then_made_again_when_its_command_or_input_ch
     assert [m["status"] for m in plan.extra["make"]] == ["made"]
 
 
-def test_an_artifact_without_a_record_is_made_again(tmp_path, tiny):
-    """A step killed after kiln wrote its artifact but before the record: the next run does not trust it."""
+def test_an_artifact_no_make_step_made_is_never_replaced(tmp_path, tiny):
+    """out holds an artifact with no record beside it (made by hand, or a typo'd out): the step refuses to run
+    rather than overwrite it with --force."""
     path = suite(tmp_path, tiny, [{"out": f"{tmp_path}/int8", "run": QUANTIZE}])
     shutil.copytree(tiny, tmp_path / "int8")
-    plan, _ = load(path)
-    assert [m["status"] for m in plan.extra["make"]] == ["made"]
-    assert json.loads((tmp_path / "int8" / "manifest.json").read_text())["lineage"][-1]["stage"] == "quantize"
+    before = (tmp_path / "int8" / "manifest.json").read_bytes()
+    with pytest.raises(ConfigError, match="already holds files that no make step made .no .int8.make.json"):
+        load(path)
+    assert (tmp_path / "int8" / "manifest.json").read_bytes() == before
+
+
+def test_an_edited_artifact_or_input_is_made_again(tmp_path, tiny):
+    """The record holds fingerprints (files, sizes, times) of the output and of every path the command reads."""
+    import os
+
+    path = suite(tmp_path, tiny, [{"out": f"{tmp_path}/int8", "run": QUANTIZE}])
+    assert [m["status"] for m in load(path)[0].extra["make"]] == ["made"]
+    assert [m["status"] for m in load(path)[0].extra["make"]] == ["reused"]
+    edited = tmp_path / "int8" / "tokenizer_config.json"
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))  # the output edited
+    assert [m["status"] for m in load(path)[0].extra["make"]] == ["made"]
+    src = tiny / "tokenizer_config.json"
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))  # an input's file edited
+    assert [m["status"] for m in load(path)[0].extra["make"]] == ["made"]
+
+
+@pytest.mark.parametrize("run, message", [
+    ("kiln quantize ${TINY} --method dynamic-int8 -o ${W}/elsewhere", "run must write its artifact to the step's out"),
+    ("kiln quantize ${TINY} --method dynamic-int8", "end it with -o {out}"),
+])
+def test_a_step_must_write_its_own_out(tmp_path, tiny, run, message):
+    path = suite(tmp_path, tiny, [{"out": f"{tmp_path}/int8", "run": run}])
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        load(path)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_nested_or_repeated_outs_are_refused_before_anything_runs(tmp_path, tiny):
+    steps = [{"out": f"{tmp_path}/n/sub", "run": QUANTIZE}, {"out": f"{tmp_path}/n/", "run": QUANTIZE}]
+    with pytest.raises(ConfigError, match="make steps 1 and 2 write .* one inside the other"):
+        load(suite(tmp_path, tiny, steps, candidates=()))
+    assert not (tmp_path / "n").exists()
+
+
+def test_a_value_with_spaces_stays_one_word(tmp_path, tiny):
+    """${W} holding a space: run is split into words before substitution, as a quoted shell variable would be."""
+    spaced = tmp_path / "sp ace"
+    spaced.mkdir()
+    tiny2 = shutil.copytree(tiny, spaced / "tiny")
+    path = suite(spaced, tiny2, [{"out": f"{spaced}/int8", "run": QUANTIZE}])
+    assert [m["status"] for m in load(path)[0].extra["make"]] == ["made"]
+    assert (spaced / "int8" / "manifest.json").exists()
 
 
 def test_a_failing_step_is_one_line_naming_it_and_leaves_no_record(tmp_path, tiny):
@@ -200,18 +245,19 @@ def test_a_step_command_reads_its_out_and_home_as_a_shell_would():
 
 def test_a_step_reading_a_failed_steps_out_is_not_reused_from_its_older_artifact(tmp_path, tiny):
     """Step 1's command changed and now fails: step 2's record (made from step 1's older artifact) is no answer."""
-    from benchmarks.harness.make import input_artifacts, manifest_sha256, parse_steps, write_record
+    from benchmarks.harness.make import fingerprint, input_artifacts, parse_steps, write_record
     from benchmarks.harness.suites import ROOT
 
     steps = [{"out": f"{tmp_path}/int8", "run": "kiln quantize ${W}/missing -o {out}", "may_fail": True},
              {"out": f"{tmp_path}/again", "run": f"kiln quantize {tmp_path}/int8 -o {{out}}"}]
     path = suite(tmp_path, tiny, steps, candidates=("tiny", "again"))
     shutil.copytree(tiny, tmp_path / "int8")  # what step 1 made before its command changed
+    write_record(tmp_path / "int8", {"command": "kiln quantize (an older command)", "exit": 0})
     shutil.copytree(tiny, tmp_path / "again")
     second = parse_steps(steps[1:], "s")[0]
     write_record(tmp_path / "again", {"command": second.command, "exit": 0, "seconds": 1.0, "finished": "then",
                                       "inputs": input_artifacts(second, ROOT),
-                                      "output": manifest_sha256(tmp_path / "again")})
+                                      "output": fingerprint(tmp_path / "again")})
     plan, _ = load(path)
     assert [m["status"] for m in plan.extra["make"]] == ["failed", "failed"]
     assert [c.label for c in plan.candidates] == ["tiny"]

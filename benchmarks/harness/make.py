@@ -100,6 +100,9 @@ def parse_steps(tables: Any, where: str) -> list[MakeStep]:
         if not words or words[0] != "kiln" or len(words) < 2 or words[1] not in making:
             raise ConfigError(f"{here}: run must be a kiln command that makes an artifact (kiln {' | '.join(making)} "
                               f"... -o {{out}}), got {run!r}")
+        if not any(w in ("-o", "--output") and nxt == "{out}" for w, nxt in zip(words, words[1:])):
+            raise ConfigError(f"{here}: run must write its artifact to the step's out: end it with -o {{out}} "
+                              f"(got {run!r}); otherwise the report would name an artifact the command did not make")
         if out in outs:
             raise ConfigError(f"{here}: out {out!r} is also step {outs[out]}'s; each step writes its own folder")
         outs[out] = i
@@ -132,17 +135,32 @@ def manifest_sha256(folder: Path) -> str | None:
         return None
 
 
+def fingerprint(path: Path) -> str | None:
+    """What a file or folder holds, cheaply: sha256 over each file's relative path, size and modification time
+    (None: nothing there). An edited artifact, checkpoint or calibration file changes it; reading does not."""
+    import hashlib
+
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def input_artifacts(step: MakeStep, root: Path) -> dict[str, str]:
-    """The artifacts the command reads (its words naming a folder with a manifest), by their manifest's sha256:
-    a remade input remakes what was made from it."""
+    """Everything the command reads that is a file or folder here (artifacts, checkpoints, calibration files), by
+    its fingerprint: a remade or edited input remakes what was made from it."""
     out = rooted(step.out, root)
     found = {}
     for word in step.argv[2:]:
         if word.startswith("-") or not word.strip():
             continue
         path = rooted(word, root)
-        if path != out and (sha := manifest_sha256(path)):
-            found[word] = sha
+        if path != out and not inside(path, out) and (print_ := fingerprint(path)):
+            found[word] = print_
     return found
 
 
@@ -199,6 +217,12 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
     ConfigError; one that may is kept, and the steps reading its artifact fail with it."""
     say = progress or (lambda message: None)
     quiet = progress is None or bool(getattr(progress, "quiet", False))
+    folders = [(step, rooted(step.out, root).resolve()) for step in steps]
+    for a, fa in folders:  # one step's out inside (or the same as) another's: one would delete or pollute the other
+        for b, fb in folders:
+            if a.number < b.number and (fa == fb or inside(fa, fb) or inside(fb, fa)):
+                raise ConfigError(f"{where}: make steps {a.number} and {b.number} write {a.out} and {b.out}, one "
+                                  "inside the other (or the same folder); give each step its own folder")
     done: list[dict[str, Any]] = []
     failed: dict[Path, str] = {}  # out -> why it could not be made
     for step in steps:
@@ -217,7 +241,7 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
             continue
         record = read_record(out)
         if (record and manifest_sha256(out) and record.get("command") == step.command and record.get("exit") == 0
-                and record.get("output") == manifest_sha256(out) and record.get("inputs") == inputs):
+                and record.get("output") == fingerprint(out) and record.get("inputs") == inputs):
             say(f"{head} (skipped: made earlier by the same command)")
             seconds, finished = record.get("seconds"), record.get("finished")
             done.append({"out": step.out, "command": step.command, "status": "reused",
@@ -225,8 +249,14 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
                          "finished": finished if isinstance(finished, str) else ""})
             continue
         argv = list(step.argv)
+        holds = out.is_file() or (out.is_dir() and any(out.iterdir()))
+        if holds and record is None:
+            # no record: no make step wrote what is there (an artifact made by hand, a typo'd out): never replace it
+            raise ConfigError(f"{where}: make step {step.number}: {step.out} already holds files that no make step "
+                              f"made (no {record_path(out).name} beside it); move them away, or give the step "
+                              "another out")
         if manifest_sha256(out) and "--force" not in argv:
-            argv.append("--force")  # another command (or none on record) made what is there: replace it
+            argv.append("--force")  # an earlier make step made what is there, by another command or from other inputs
         say(head)
         start = time.perf_counter()
         code, last = run_kiln(argv, root, quiet)
@@ -239,7 +269,7 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
         if error is None:
             try:
                 write_record(out, {"command": step.command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                   "seconds": seconds, "exit": 0, "inputs": inputs, "output": manifest_sha256(out)})
+                                   "seconds": seconds, "exit": 0, "inputs": inputs, "output": fingerprint(out)})
             except OSError as e:  # the artifact is made; only the next run's shortcut is lost
                 say(f"make {step.number}/{len(steps)}: could not write {record_path(out)} ({e.strerror}); "
                     "the next run makes it again")

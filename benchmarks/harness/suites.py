@@ -25,17 +25,22 @@ FP32 = "${FP32:-...}" to let the environment override it).
 
 [[make]] steps (benchmarks/harness/make.py) make the artifacts the suite measures, in order, after `prepare` and
 before measuring: `run` is a kiln command that makes an artifact (export, finetune, prune, quantize, optimize,
-build, export-triton; a string or a list; {out} is the step's out), run from the repository root with
-HF_HUB_OFFLINE=1 (a step reading a failed step's out fails with it). A step is skipped when `out` holds an artifact that the record beside it
-(.OUT.make.json, written after success) says the same command made from the same input artifacts; otherwise it
-is made (again, with --force over an artifact already there). A failing step is an error unless may_fail = true:
-then the candidates measuring its out are left out and the report says why. The report's config.make lists each
+build, export-triton; a string or a list) and writes it with -o {out} ({out} is the step's out). A string is
+split into words before ${...} is substituted, so a value is one word whatever it holds (spaces included). It
+runs from the repository root with HF_HUB_OFFLINE=1 (a step reading a failed step's out fails with it). A step
+is skipped when the record beside its out (.OUT.make.json, written after success) says the same command made
+what is there from the same inputs: fingerprints (each file's path, size and time) of the output and of every
+file or folder the command names. Otherwise it is made again, with --force over what an earlier step made; a
+folder holding files that no step made is never replaced (one line says so), and no two steps' outs may be
+the same folder or one inside the other. A failing step is an error unless may_fail = true: then the
+candidates measuring its out are left out and the report says why. The report's config.make lists each
 step's {out, command, status: made | reused | failed, seconds, error?, dropped?}."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Callable
 
@@ -137,6 +142,15 @@ def _load_suite(name: str, progress: Callable[[str], None] | None, make: bool) -
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"suite {path} does not parse: {e}") from None
+    # a step's run is split into words before ${...} is substituted, so a value is one word however many spaces
+    # it holds (a work folder with a space; a value cannot smuggle in a flag)
+    for i, t in enumerate(raw.get("make", []) if isinstance(raw.get("make"), list) else []):
+        if isinstance(t, dict) and isinstance(t.get("run"), str):
+            try:
+                t["run"] = shlex.split(t["run"])
+            except ValueError as e:
+                raise ConfigError(f"suite {path}: make step {i + 1}: run {t['run']!r} does not split into words "
+                                  f"({e})") from None
     # [vars] substituted, ${ENV} not yet: a missing path's error names the variable it came from
     written = with_vars(raw, f"suite {path}")
     raw = expand(written)
