@@ -1,0 +1,49 @@
+"""Hostile-run findings: each a user mistake that measured for minutes, wrote where it must not, or crashed,
+now refused in one line before anything runs."""
+
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from exporter.cli import main
+
+
+@pytest.fixture
+def data(tmp_path):
+    from tests.conftest import sentiment_rows, write_csv
+
+    return write_csv(tmp_path / "d.csv", sentiment_rows(30))
+
+
+@pytest.fixture
+def art_copy(tiny_onnx, tmp_path):
+    """A private copy: before the fix these runs wrote into the artifact."""
+    return shutil.copytree(tiny_onnx.path, tmp_path / "art")
+
+
+def suite(tmp_path, art, data, extra="", data_extra="", head=""):
+    text = (f'{head}title = "hostile"\n[[candidate]]\nartifact = "{art}"\nlabel = "a"\n'
+            f'[[data]]\nsource = "{data}"\nbatch_size = 4\nwarmup = 0\nrounds = 1\n{data_extra}' + extra)
+    (tmp_path / "s.toml").write_text(text)
+    return str(tmp_path / "s.toml")
+
+
+def bench(*args):
+    return CliRunner().invoke(main, ["-q", "bench", *args])
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_report_never_written_into_an_artifact(art_copy, force):
+    manifest = (art_copy / "manifest.json").read_bytes()
+    r = bench(str(art_copy), "--batch-sizes", "1", "--iters", "1", "-o", str(art_copy), *force)
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "is a Kiln artifact (manifest.json); give another folder for the report" in r.output
+    assert (art_copy / "manifest.json").read_bytes() == manifest
+    assert not (art_copy / "bench.json").exists()
+
+
+def test_suite_out_into_an_artifact_is_refused(art_copy, data, tmp_path):
+    r = bench("--suite", suite(tmp_path, art_copy, data, head=f'out = "{art_copy}"\n'))
+    assert r.exit_code != 0 and "is a Kiln artifact (manifest.json)" in r.output, r.output
+    assert not (art_copy / "s.json").exists()
