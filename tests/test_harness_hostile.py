@@ -47,3 +47,28 @@ def test_suite_out_into_an_artifact_is_refused(art_copy, data, tmp_path):
     r = bench("--suite", suite(tmp_path, art_copy, data, head=f'out = "{art_copy}"\n'))
     assert r.exit_code != 0 and "is a Kiln artifact (manifest.json)" in r.output, r.output
     assert not (art_copy / "s.json").exists()
+
+
+def test_a_missing_peer_python_is_said_before_any_make_step(tiny_onnx, data, tmp_path):
+    made = tmp_path / "made"
+    extra = (f'[[make]]\nout = "{made}"\nrun = "kiln quantize {tiny_onnx.path} --method dynamic-int8 -o {{out}}"\n'
+             f'[[peer]]\nkind = "transformers-eager"\nmodel = "{tmp_path}"\npython = "/nope/bin/python"\n')
+    r = bench("--suite", suite(tmp_path, tiny_onnx.path, data, extra), "-o", str(tmp_path / "o"))
+    assert r.exit_code != 0 and "peer Python /nope/bin/python does not exist" in r.output, r.output
+    assert not made.exists()  # refused before the make step ran
+
+
+def test_a_bare_peer_python_is_looked_up_on_path(monkeypatch, tmp_path):
+    import os
+
+    from benchmarks.harness.peers import peer_python
+    from runtime.errors import ConfigError
+
+    exe = tmp_path / "bin" / "mypython"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert peer_python("mypython") == str(exe)
+    with pytest.raises(ConfigError, match="peer Python no-such-python-here is not on PATH"):
+        peer_python("no-such-python-here")
