@@ -72,3 +72,20 @@ def test_a_bare_peer_python_is_looked_up_on_path(monkeypatch, tmp_path):
     assert peer_python("mypython") == str(exe)
     with pytest.raises(ConfigError, match="peer Python no-such-python-here is not on PATH"):
         peer_python("no-such-python-here")
+
+
+@pytest.mark.parametrize("value", ['"x"', "nan", "-1", "0", "10", "true"])
+def test_noisy_spread_must_be_a_fraction(tiny_onnx, data, tmp_path, value):
+    r = bench("--suite", suite(tmp_path, tiny_onnx.path, data, data_extra=f"noisy_spread = {value}\n"),
+              "-o", str(tmp_path / "o"))
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "data noisy_spread is a fraction of the median (e.g. 0.1), got" in r.output, r.output
+    assert not (tmp_path / "o" / "s.json").exists()
+
+
+def test_sweep_noisy_spread_must_be_a_number():
+    from benchmarks.harness.sweep import SweepConfig
+    from runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sweep noisy_spread is a fraction of the median"):
+        SweepConfig((1,), noisy_spread="x")

@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmarks.harness.candidates import Candidate, Peer
 from benchmarks.harness.sweep import Progress, artifact_digest, load_candidates, model_mb
-from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, interleave, latency_stats
+from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, check_noisy_spread, interleave, latency_stats
 from runtime.errors import ConfigError, DataError
 
 
@@ -38,6 +38,7 @@ class DataConfig:
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigError(f"data batch_size must be >= 1, got {self.batch_size}")
         check_counts(self.warmup, self.rounds, 1)
+        check_noisy_spread(self.noisy_spread, "data")
         if not isinstance(self.sample, int) or isinstance(self.sample, bool) or self.sample < 0:
             raise ConfigError(f"data sample must be a count >= 0 (0: the whole file), got {self.sample!r}")
         if isinstance(self.candidates, str) or not all(isinstance(c, str) for c in self.candidates):
