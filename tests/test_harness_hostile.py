@@ -89,3 +89,9 @@ def test_sweep_noisy_spread_must_be_a_number():
 
     with pytest.raises(ConfigError, match="sweep noisy_spread is a fraction of the median"):
         SweepConfig((1,), noisy_spread="x")
+
+
+def test_a_sample_larger_than_the_data_is_one_line(tiny_onnx, data, tmp_path):
+    r = bench("--suite", suite(tmp_path, tiny_onnx.path, data, data_extra="sample = 100000\n"), "-o", str(tmp_path / "o"))
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert f"sample 100000 is more than the 30 inputs of {data}; give at most 30, or 0 for all" in r.output, r.output

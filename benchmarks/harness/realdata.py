@@ -122,7 +122,11 @@ def load_data(art: Any, config: DataConfig) -> Any:
     data = labelled_for(art.task, config.source, config.text_column, config.label_column, names)
     if not len(data.inputs):
         raise DataError(f"{config.source} holds no labelled rows; the data mode needs at least one")
-    if 0 < config.sample < len(data.inputs):  # the same draw on every run and machine: seed 0, file order kept
+    n = len(data.inputs)
+    if config.sample > n:  # a sample can only be drawn from what the file holds
+        raise DataError(f"sample {config.sample} is more than the {n} inputs of {config.source}; "
+                        f"give at most {n}, or 0 for all")
+    if 0 < config.sample < n:  # the same draw on every run and machine: seed 0, file order kept
         import dataclasses
 
         keep = np.sort(np.random.default_rng(0).choice(len(data.inputs), config.sample, replace=False))
