@@ -95,3 +95,22 @@ def test_a_sample_larger_than_the_data_is_one_line(tiny_onnx, data, tmp_path):
     r = bench("--suite", suite(tmp_path, tiny_onnx.path, data, data_extra="sample = 100000\n"), "-o", str(tmp_path / "o"))
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert f"sample 100000 is more than the 30 inputs of {data}; give at most 30, or 0 for all" in r.output, r.output
+
+
+@pytest.mark.parametrize("named, timed", [(["a"], {"a"}), (["a", "p (model)"], {"a", "p (model)"}),
+                                          (["p"], {"p (model)"}), ([], {"a", "p (model)"})])
+def test_sweep_candidates_also_choose_peer_models(tmp_path, monkeypatch, named, timed):
+    import benchmarks.harness.peers as peers
+    import benchmarks.harness.run as run
+    from benchmarks.harness.candidates import Candidate, Peer
+    from benchmarks.harness.realdata import DataConfig
+    from benchmarks.harness.sweep import SweepConfig
+
+    def models(sweep_peers, candidates, progress=None):
+        return [(Candidate(tmp_path, "onnxruntime", "cpu", {}, f"{p.label} (model)"), p.kind) for p in sweep_peers]
+
+    monkeypatch.setattr(peers, "peer_model_candidates", models)
+    monkeypatch.setattr(run, "run_sweep", lambda cands, cfg, progress: [{"candidate": c.label} for c in cands])
+    plan = run.BenchPlan((Candidate(tmp_path, "onnxruntime", "cpu", {}, "a"),), SweepConfig((1,), candidates=named),
+                         DataConfig("x.csv"), (Peer("optimum-int8", tmp_path, "python3", label="p", sweep=True),))
+    assert {r["candidate"] for r in run.sweep_with_peer_models(plan, None)} == timed
