@@ -114,3 +114,9 @@ def test_sweep_candidates_also_choose_peer_models(tmp_path, monkeypatch, named, 
     plan = run.BenchPlan((Candidate(tmp_path, "onnxruntime", "cpu", {}, "a"),), SweepConfig((1,), candidates=named),
                          DataConfig("x.csv"), (Peer("optimum-int8", tmp_path, "python3", label="p", sweep=True),))
     assert {r["candidate"] for r in run.sweep_with_peer_models(plan, None)} == timed
+
+
+def test_a_baseline_named_twice_is_refused(tiny_onnx, data, tmp_path):
+    r = bench("--suite", suite(tmp_path, tiny_onnx.path, data, '[report]\nbaseline = ["a", "a"]\n'),
+              "-o", str(tmp_path / "o"))
+    assert r.exit_code != 0 and "[report] baseline names 'a' twice; give each label once" in r.output, r.output
