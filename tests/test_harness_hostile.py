@@ -120,3 +120,20 @@ def test_a_baseline_named_twice_is_refused(tiny_onnx, data, tmp_path):
     r = bench("--suite", suite(tmp_path, tiny_onnx.path, data, '[report]\nbaseline = ["a", "a"]\n'),
               "-o", str(tmp_path / "o"))
     assert r.exit_code != 0 and "[report] baseline names 'a' twice; give each label once" in r.output, r.output
+
+
+def test_a_candidate_option_error_names_the_candidate(tiny_onnx, data, tmp_path):
+    extra = '[[candidate]]\nartifact = "%s"\nlabel = "zero"\noptions = {batch_size = 0}\n' % tiny_onnx.path
+    r = bench("--suite", suite(tmp_path, tiny_onnx.path, data, extra), "-o", str(tmp_path / "o"))
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "candidate zero: batch_size must be an integer >= 1, got 0" in r.output, r.output
+
+
+def test_a_sweep_session_error_names_the_candidate(tiny_onnx):
+    from benchmarks.harness.candidates import Candidate
+    from benchmarks.harness.sweep import SweepConfig, run_sweep
+    from runtime.errors import KilnError
+
+    cand = Candidate(tiny_onnx.path, "onnxruntime", "cpu", {"no_such_option": 1}, "odd")
+    with pytest.raises(KilnError, match=r"^candidate odd: "):
+        run_sweep([cand], SweepConfig((1,), (8,), 0, 1, 1))

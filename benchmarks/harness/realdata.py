@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from benchmarks.harness.candidates import Candidate, Peer
+from benchmarks.harness.candidates import Candidate, Peer, naming
 from benchmarks.harness.sweep import Progress, artifact_digest, load_candidates, model_mb
 from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, check_noisy_spread, interleave, latency_stats
 from runtime.errors import ConfigError, DataError
@@ -171,7 +171,8 @@ def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequenc
     runners: list[Runner] = []
     with contextlib.ExitStack() as stack:
         for cand, art in zip(candidates, arts):
-            runner = KilnRunner(cand, art, list(data.inputs), config.batch_size)
+            with naming(cand.label):
+                runner = KilnRunner(cand, art, list(data.inputs), config.batch_size)
             stack.callback(runner.close)
             runners.append(runner)
             say(f"opened {cand.label} ({runner.info['backend']})")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from benchmarks.environment import gpu_memory_used_mb, rss_mb
-from benchmarks.harness.candidates import Candidate
+from benchmarks.harness.candidates import Candidate, naming
 from benchmarks.harness.timing import (
     NOISY_SPREAD, Timings, bar, check_counts, check_noisy_spread, interleave, latency_stats,
 )
@@ -107,7 +107,8 @@ def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
     with contextlib.ExitStack() as stack:
         for i, (cand, art, lens) in enumerate(plans):
             before, _ = rss_mb()
-            sess = stack.enter_context(open_session(art, backend=cand.backend, device=cand.device, **cand.options))
+            with naming(cand.label):
+                sess = stack.enter_context(open_session(art, backend=cand.backend, device=cand.device, **cand.options))
             for seq in lens:
                 for b in config.batch_sizes:
                     feed = example_feed(sess, b, seq)
