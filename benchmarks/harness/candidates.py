@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, KilnError
 
 PEER_KINDS = ("transformers-eager", "optimum-fp32", "optimum-int8", "optimum-intel-fp32", "optimum-intel-int8")
 # the kinds that calibrate on texts, and the texts the former openvino_table.py recipe gave optimum-intel's
@@ -16,6 +17,19 @@ CALIBRATED_KINDS = ("optimum-intel-int8",)
 SWEEP_KINDS = ("optimum-fp32", "optimum-int8", "optimum-intel-fp32", "optimum-intel-int8")
 DEFAULT_CALIB_DATA = "movie-snippets:dev"
 DEFAULT_CALIB_SAMPLES = 300
+
+
+@contextlib.contextmanager
+def naming(label: str) -> Iterator[None]:
+    """A Kiln error raised while a candidate opens says which candidate (its options come from a suite or
+    --backend-option; "batch_size must be >= 1" alone does not say where). Type and attributes are kept."""
+    try:
+        yield
+    except KilnError as e:
+        prefix = f"candidate {label}: "
+        if not str(e).startswith(prefix):
+            e.args = (prefix + str(e), *e.args[1:])
+        raise
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,14 @@ print(json.dumps([m for m in sys.argv[1:] if not found(m)]))"""
 def peer_python(asked: str | None = None) -> str:
     """The peer environment's interpreter: asked, else $KILN_PEER_PYTHON, else the documented default."""
     python = asked or os.environ.get("KILN_PEER_PYTHON") or DEFAULT_PEER_PYTHON
+    if os.sep not in python and "/" not in python:  # a bare name ("python3") is a command: found on PATH
+        import shutil
+
+        found = shutil.which(python)
+        if found is None:
+            raise ConfigError(f"peer Python {python} is not on PATH; give its full path, make the peer environment "
+                              "as benchmarks/peer/README.md says, or set KILN_PEER_PYTHON")
+        return found
     if not Path(python).is_file():
         raise ConfigError(f"peer Python {python} does not exist; make the peer environment as "
                           "benchmarks/peer/README.md says, or set KILN_PEER_PYTHON")

@@ -10,9 +10,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from benchmarks.harness.candidates import Candidate, Peer
+from benchmarks.harness.candidates import Candidate, Peer, naming
 from benchmarks.harness.sweep import Progress, artifact_digest, load_candidates, model_mb
-from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, interleave, latency_stats
+from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, check_noisy_spread, interleave, latency_stats
 from runtime.errors import ConfigError, DataError
 
 
@@ -38,6 +38,7 @@ class DataConfig:
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigError(f"data batch_size must be >= 1, got {self.batch_size}")
         check_counts(self.warmup, self.rounds, 1)
+        check_noisy_spread(self.noisy_spread, "data")
         if not isinstance(self.sample, int) or isinstance(self.sample, bool) or self.sample < 0:
             raise ConfigError(f"data sample must be a count >= 0 (0: the whole file), got {self.sample!r}")
         if isinstance(self.candidates, str) or not all(isinstance(c, str) for c in self.candidates):
@@ -121,7 +122,11 @@ def load_data(art: Any, config: DataConfig) -> Any:
     data = labelled_for(art.task, config.source, config.text_column, config.label_column, names)
     if not len(data.inputs):
         raise DataError(f"{config.source} holds no labelled rows; the data mode needs at least one")
-    if 0 < config.sample < len(data.inputs):  # the same draw on every run and machine: seed 0, file order kept
+    n = len(data.inputs)
+    if config.sample > n:  # a sample can only be drawn from what the file holds
+        raise DataError(f"sample {config.sample} is more than the {n} inputs of {config.source}; "
+                        f"give at most {n}, or 0 for all")
+    if 0 < config.sample < n:  # the same draw on every run and machine: seed 0, file order kept
         import dataclasses
 
         keep = np.sort(np.random.default_rng(0).choice(len(data.inputs), config.sample, replace=False))
@@ -166,7 +171,8 @@ def run_data(candidates: Sequence[Candidate], config: DataConfig, peers: Sequenc
     runners: list[Runner] = []
     with contextlib.ExitStack() as stack:
         for cand, art in zip(candidates, arts):
-            runner = KilnRunner(cand, art, list(data.inputs), config.batch_size)
+            with naming(cand.label):
+                runner = KilnRunner(cand, art, list(data.inputs), config.batch_size)
             stack.callback(runner.close)
             runners.append(runner)
             say(f"opened {cand.label} ({runner.info['backend']})")

@@ -256,6 +256,8 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"-o {out} is a link to nothing (or to a file); give a folder for the report")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out} is a file; give a folder for the report")
+    if (out / "manifest.json").exists():  # --force (or a suite's own out) would replace the artifact's files
+        raise ConfigError(f"{out} is a Kiln artifact (manifest.json); give another folder for the report")
     parent = out.absolute()
     while not parent.exists():
         parent = parent.parent

@@ -47,11 +47,13 @@ class BenchPlan:
         if len(set(names)) != len(names):
             raise ConfigError(f"two data passes share the name {[n for n in names if names.count(n) > 1][0]!r}; "
                               "give each its own name")
+        model_labels = [f"{p.label} (model)" for p in self.peers if p.sweep]  # a sweep may name a peer's model
         for what, chosen in [("sweep", self.sweep.candidates if self.sweep else ())] + \
                 [(f"data pass {d.name!r}", d.candidates) for d in self.passes]:
-            unknown = [c for c in chosen if c not in labels]
+            valid = labels + model_labels if what == "sweep" else labels
+            unknown = [c for c in chosen if c not in valid]
             if unknown:
-                raise ConfigError(f"{what} names {unknown[0]!r}, which is no candidate or peer; valid: {', '.join(labels)}")
+                raise ConfigError(f"{what} names {unknown[0]!r}, which is no candidate or peer; valid: {', '.join(valid)}")
         for d in self.passes:
             kiln = [c.label for c in self.candidates if not d.candidates or c.label in d.candidates]
             if not kiln:
@@ -141,7 +143,9 @@ def sweep_with_peer_models(plan: BenchPlan, progress: Progress | None) -> list[d
     assert plan.sweep is not None
     cands = chosen(plan.candidates, plan.sweep.candidates)
     made_by: dict[str, str] = {}
-    sweep_peers = [p for p in plan.peers if p.sweep]
+    # a sweep that lists its candidates times a peer's model only when the list names it (LABEL or "LABEL (model)")
+    named = plan.sweep.candidates
+    sweep_peers = [p for p in plan.peers if p.sweep and (not named or {p.label, f"{p.label} (model)"} & set(named))]
     if sweep_peers:
         from benchmarks.harness.peers import peer_model_candidates
 

@@ -192,6 +192,10 @@ def _load_suite(name: str, progress: Callable[[str], None] | None, make: bool) -
                                                  else said.get("baseline", []))):
         raise ConfigError(f"suite {path}: [report] is a table of {', '.join(sorted(REPORT_KEYS))} (baseline: the "
                           f"candidate label, or labels, ratios are taken to; notes: text for the report); got {said!r}"[:300])
+    if isinstance(said.get("baseline"), list):  # a label twice would print its ratio columns twice
+        twice = next((b for i, b in enumerate(said["baseline"]) if b in said["baseline"][:i]), None)
+        if twice is not None:
+            raise ConfigError(f"suite {path}: [report] baseline names {twice!r} twice; give each label once")
     peers = []
     for i, p in enumerate(raw.get("peer", [])):
         p = dict(p)

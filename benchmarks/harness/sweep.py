@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from benchmarks.environment import gpu_memory_used_mb, rss_mb
-from benchmarks.harness.candidates import Candidate
-from benchmarks.harness.timing import NOISY_SPREAD, Timings, bar, check_counts, interleave, latency_stats
+from benchmarks.harness.candidates import Candidate, naming
+from benchmarks.harness.timing import (
+    NOISY_SPREAD, Timings, bar, check_counts, check_noisy_spread, interleave, latency_stats,
+)
 from runtime.artifact import Artifact, digest_of
 from runtime.errors import ConfigError
 
@@ -41,8 +43,7 @@ class SweepConfig:
         if not self.batch_sizes:
             raise ConfigError("batch_sizes must name at least one batch size")
         check_counts(self.warmup, self.rounds, self.per_round)
-        if not 0 < self.noisy_spread < 10:
-            raise ConfigError(f"noisy_spread is a fraction of the median (e.g. 0.1), got {self.noisy_spread}")
+        check_noisy_spread(self.noisy_spread, "sweep")
 
 
 def is_fixed_shape(art: Artifact) -> bool:
@@ -106,7 +107,8 @@ def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
     with contextlib.ExitStack() as stack:
         for i, (cand, art, lens) in enumerate(plans):
             before, _ = rss_mb()
-            sess = stack.enter_context(open_session(art, backend=cand.backend, device=cand.device, **cand.options))
+            with naming(cand.label):
+                sess = stack.enter_context(open_session(art, backend=cand.backend, device=cand.device, **cand.options))
             for seq in lens:
                 for b in config.batch_sizes:
                     feed = example_feed(sess, b, seq)

@@ -53,6 +53,13 @@ def bar(done: int, total: int, width: int = 20) -> str:
     return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"
 
 
+def check_noisy_spread(value: object, where: str) -> None:
+    """noisy_spread is a fraction of the median: a number in (0, 10) -- a string or nan would crash or pass
+    silently after minutes of measuring."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10:
+        raise ConfigError(f"{where} noisy_spread is a fraction of the median (e.g. 0.1), got {value!r}")
+
+
 def check_counts(warmup: int, rounds: int, per_round: int) -> None:
     counts = {"warmup": warmup, "rounds": rounds, "per_round": per_round}
     wrong = {k: v for k, v in counts.items() if not isinstance(v, int) or isinstance(v, bool)}

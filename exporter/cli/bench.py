@@ -108,6 +108,10 @@ def bench(artifacts: tuple[Path, ...], suite: str | None, batch_sizes: str | Non
             raise ConfigError("--backend-option applies to ARTIFACTS; a suite sets each candidate's options in its "
                               "file (options = {static_cache = 4})")
         plan, settings = load_suite(suite, make=False)  # read and checked now; its [[make]] steps run below
+        if plan.peers:  # a missing or broken peer Python is said before minutes of making artifacts
+            from benchmarks.harness.peers import check_peers
+
+            check_peers(plan.peers)
         if out is None:  # the suite's own folder: a rerun replaces its report there (an -o you name needs --force)
             out, force = settings["out"], True
         name = settings["name"]
