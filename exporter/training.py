@@ -20,6 +20,7 @@ from runtime.tasks.metrics import classification_metrics
 from runtime.tasks.text import FAMILY as TEXT
 from runtime.tasks.text import tokenize_for_training
 
+LOG_EVERY_S = 10.0  # training's progress line in a log (no terminal, no bar): the README promises one every 10 s
 MEGABATCH = 50  # batches per length-sorted group: little padding, still a shuffled order
 
 
@@ -151,6 +152,7 @@ def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequenc
     # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs, files)
     bar = tqdm(total=total, desc="training", unit="step", disable=None if show_bar else True, leave=False)
     step, running = 0, None
+    logged = time.monotonic()  # a log line at least every LOG_EVERY_S (a log has no bar; evaluations can be rare)
     while step < total:
         for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
             feed = collate(train, idx, input_names, device)
@@ -173,6 +175,9 @@ def train_(model: Any, train: Encoded, dev: Encoded | None, input_names: Sequenc
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", best_acc=f"{max(best_acc, 0):.4f}")
+            if bar.disable and time.monotonic() - logged >= LOG_EVERY_S and step < total:
+                progress(f"step {step}/{total}: loss {running:.4f}")
+                logged = time.monotonic()
             if dev is not None and (step % eval_every == 0 or step == total):
                 metrics = evaluate(model, dev, input_names, device, progress) | {"step": step, "loss": round(running, 5)}
                 result.history.append({k: v for k, v in metrics.items() if k != "confusion"})

@@ -192,3 +192,16 @@ def test_choose_removed_keeps_one_per_layer():
 def test_prune_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         PruneConfig(**kwargs)
+
+
+def test_training_logs_progress_without_a_bar(tiny_bert, data, tmp_path, monkeypatch):
+    """In a log (no terminal, so no bar) training says where it is at least every LOG_EVERY_S, not only at
+    evaluations (a new user saw 5 silent minutes)."""
+    import exporter.training
+
+    monkeypatch.setattr(exporter.training, "LOG_EVERY_S", 0.0)
+    said = []
+    cfg = FinetuneConfig(max_steps=3, lr=1e-3, batch_size=16, max_length=16, patience=None)
+    finetune(load_checkpoint(tiny_bert, "text-classification"), data[0], data[1], cfg, tmp_path / "ft",
+             progress=said.append, show_bar=False)
+    assert [m.split(":")[0] for m in said if m.startswith("step ") and "eval" not in m] == ["step 1/3", "step 2/3"]
