@@ -128,18 +128,14 @@ def record_path(out: Path) -> Path:
     return out.parent / f".{out.name}.make.json"
 
 
-def manifest_sha256(folder: Path) -> str | None:
-    try:
-        return hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
-    except OSError:
-        return None
+def has_artifact(folder: Path) -> bool:
+    """`folder` holds an artifact (its manifest); what the artifact holds is the fingerprint's business."""
+    return (folder / "manifest.json").is_file()
 
 
 def fingerprint(path: Path) -> str | None:
     """What a file or folder holds, cheaply: sha256 over each file's relative path, size and modification time
     (None: nothing there). An edited artifact, checkpoint or calibration file changes it; reading does not."""
-    import hashlib
-
     if not path.exists():
         return None
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
@@ -240,7 +236,7 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
             failed[out] = error
             continue
         record = read_record(out)
-        if (record and manifest_sha256(out) and record.get("command") == step.command and record.get("exit") == 0
+        if (record and has_artifact(out) and record.get("command") == step.command and record.get("exit") == 0
                 and record.get("output") == fingerprint(out) and record.get("inputs") == inputs):
             say(f"{head} (skipped: made earlier by the same command)")
             seconds, finished = record.get("seconds"), record.get("finished")
@@ -255,7 +251,7 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
             raise ConfigError(f"{where}: make step {step.number}: {step.out} already holds files that no make step "
                               f"made (no {record_path(out).name} beside it); move them away, or give the step "
                               "another out")
-        if manifest_sha256(out) and "--force" not in argv:
+        if has_artifact(out) and "--force" not in argv:
             argv.append("--force")  # an earlier make step made what is there, by another command or from other inputs
         say(head)
         start = time.perf_counter()
@@ -264,7 +260,7 @@ def run_steps(steps: Sequence[MakeStep], root: Path, where: str,
         error = None
         if code != 0:
             error = last or f"exit status {code}"
-        elif not manifest_sha256(out):
+        elif not has_artifact(out):
             error = f"it finished but {step.out} holds no artifact (manifest.json): write it with -o {{out}}"
         if error is None:
             try:

@@ -129,8 +129,9 @@ def run_bench(plan: BenchPlan, command: str, progress: Progress | None = None) -
     if data_rows:
         from benchmarks.harness.peers import peer_versions
 
-        if peer_versions(data_rows):
-            env["peer_versions"] = peer_versions(data_rows)
+        versions = peer_versions(data_rows)
+        if versions:
+            env["peer_versions"] = versions
     report = {"schema_version": SCHEMA_VERSION, "kind": KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "command": command, "environment": env, "config": plan_config(plan), "results": results,
               "data_results": data_rows, "peak_rss_mb": rss_mb()[1]}

@@ -107,6 +107,7 @@ def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
     with contextlib.ExitStack() as stack:
         for i, (cand, art, lens) in enumerate(plans):
             before, _ = rss_mb()
+            digest, size_mb = artifact_digest(art), model_mb(art)  # once per artifact, not per configuration
             with naming(cand.label):
                 sess = stack.enter_context(open_session(art, backend=cand.backend, device=cand.device, **cand.options))
             for seq in lens:
@@ -116,7 +117,7 @@ def run_sweep(candidates: Sequence[Candidate], config: SweepConfig,
                     fns[(i, b, seq)] = (lambda s=sess, f=feed: s.run(f))
                     rows[(i, b, seq)] = {
                         "candidate": cand.label, "artifact": str(art.path.absolute()),
-                        "artifact_sha256": artifact_digest(art), "model_mb": model_mb(art),
+                        "artifact_sha256": digest, "model_mb": size_mb,
                         "backend": sess.describe(), "device": cand.device,
                         "batch": b, "seq_len": seq,
                         # image models: their one input size (CxHxW) instead of a sequence length
