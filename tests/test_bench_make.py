@@ -3,6 +3,7 @@ measuring, reused while the same command made them, remade when it changes, fail
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -317,3 +318,35 @@ def test_a_failing_steps_own_error_line_is_said_once_by_the_bench(tmp_path, capf
     code, last = run_kiln(["kiln", "export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")], ROOT, quiet=False)
     err = capfd.readouterr().err
     assert code != 0 and "does not exist" in last and "error: " not in err
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_step_dies_with_a_killed_bench(tmp_path, tiny):
+    """kill -9 of the bench mid-step: the step's kiln goes too, so no orphan finishes an unrecorded artifact."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.harness.suites import ROOT
+
+    script = ("import time, sys; from benchmarks.harness.make import run_kiln; "
+              f"run_kiln(['kiln', 'quantize', {str(tiny)!r}, '--method', 'dynamic-int8', '-o', {str(tmp_path / 'o')!r}], "
+              f"__import__('pathlib').Path({str(ROOT)!r}), quiet=True)")
+    bench = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    children = Path(f"/proc/{bench.pid}/task/{bench.pid}/children")
+    deadline = time.time() + 20
+    while time.time() < deadline and not children.read_text().split():
+        time.sleep(0.05)
+    child = int(children.read_text().split()[0])
+    os.kill(bench.pid, signal.SIGKILL)
+    bench.wait()
+    for _ in range(100):  # the kernel's SIGKILL arrives at once; allow the zombie to be reaped by init
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the step's kiln outlived the killed bench")
+    assert not (tmp_path / "o" / "manifest.json").exists()

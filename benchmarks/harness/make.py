@@ -176,13 +176,23 @@ def write_record(out: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def die_with_parent() -> None:
+    """In the step's process, before kiln starts (Linux): the kernel kills it when the bench dies, even by kill -9.
+    An orphaned step would finish an artifact no record vouches for, which the next run then refuses to replace."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def run_kiln(argv: Sequence[str], root: Path, quiet: bool) -> tuple[int, str]:
     """Run `kiln ARGS` as a subprocess; return its exit code and the last non-empty line it wrote (stderr first).
     Its progress on stderr passes through unless quiet; stdout (its summary) is kept out of the bench's."""
     cmd = [sys.executable, "-m", "exporter.cli", *(["-q"] if quiet else []), *argv[1:]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a suite never downloads
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, errors="replace")
+                            stderr=subprocess.PIPE, text=True, errors="replace", preexec_fn=die_with_parent)
     stdout: list[str] = []
     reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()), daemon=True)  # no pipe fills up
     reader.start()
