@@ -213,12 +213,12 @@ def peer_model_files(src: Path, fmt: str) -> list[Path]:
 
 
 def wrap_peer_model(src: Path, fmt: str, like: Artifact, dst: Path, made: dict[str, Any],
-                    versions: dict[str, str] | None = None, stem: str = "") -> Artifact:
+                    versions: dict[str, str] | None = None) -> Artifact:
     """A peer's model file(s) as a Kiln artifact at dst (which must not exist): the files as the peer wrote them,
     the `like` artifact's tokenizer, input/output specs and labels (the peer was made from the same checkpoint),
     and one lineage step saying it is a peer's model (made: kind, source, who made it), so a reader of the
     artifact or a report is not misled. Written into a staging folder beside dst and renamed once, as Kiln's
-    stages write theirs. stem: rename the model's files STEM.SUFFIX; default: their own names."""
+    stages write theirs."""
     import shutil
     import time
 
@@ -229,9 +229,6 @@ def wrap_peer_model(src: Path, fmt: str, like: Artifact, dst: Path, made: dict[s
         raise ArtifactError(f"peer model format {fmt!r} is not one Kiln opens; valid: {', '.join(MODEL_FORMATS)}")
     started = time.perf_counter()
     files = peer_model_files(Path(src), fmt)
-    if stem and fmt == "onnx" and len(files) > 1 and Path(src).stem != stem:
-        raise ArtifactError(f"{src} keeps its weights in {files[1].name}, which the graph names: it cannot be "
-                            f"renamed {stem}.onnx")
     dst = Path(dst).absolute()
     if dst.exists():
         raise ArtifactError(f"{dst} exists; the wrapped peer model is written only where nothing is")
@@ -239,7 +236,7 @@ def wrap_peer_model(src: Path, fmt: str, like: Artifact, dst: Path, made: dict[s
     remove_stale(dst.parent)
     stage = make_staging_dir(dst)
     try:
-        names = [stem + f.suffix if stem else f.name for f in files]  # an ONNX graph names its external data file
+        names = [f.name for f in files]  # as the peer wrote them: an ONNX graph names its external data file
         for f, name in zip(files, names):
             shutil.copy2(f, stage / name)
         tokenizer_files = like.meta.get("tokenizer_files") or [f for f in TOKENIZER_FILES if (like.path / f).is_file()]
